@@ -1,0 +1,15 @@
+"""Shared fixtures: a synthetic VOC-layout dataset."""
+
+from __future__ import annotations
+
+import pytest
+
+from pipeline.synthvoc import generate_voc
+
+
+@pytest.fixture(scope="session")
+def synth_voc(tmp_path_factory):
+    """A tiny VOC-layout dataset (6 train, 3 val images of about 96x128); returns its root."""
+    root = tmp_path_factory.mktemp("synth_voc")
+    generate_voc(str(root), n_train=6, n_val=3, size=(96, 128), seed=0)
+    return str(root)
