@@ -1,0 +1,90 @@
+"""Compare an evaluation report with a baseline report and decide if quality regressed.
+
+A scheduler runs ``jobs/evaluate.py --baseline previous/report.json`` and alerts on
+the exit code:
+
+- ``0``  no regression (or no baseline given);
+- ``3``  regression: some variant's mean IoU dropped by more than ``miou_drop``, or
+  one of its classes' IoU by more than ``class_drop`` (both in IoU points, 0.01 = 1
+  point);
+- ``4``  refused: the two reports are of different data (fingerprint, split or
+  classes differ); ``--force-compare`` compares anyway.
+
+Only variants and classes present in both reports are compared; a class whose IoU
+is undefined in either report is skipped.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+EXIT_OK = 0
+EXIT_REGRESSION = 3
+EXIT_MISMATCH = 4
+
+
+class ReportMismatch(ValueError):
+    """The reports describe different datasets / splits / class sets."""
+
+
+@dataclass
+class Comparison:
+    deltas: dict[str, dict[str, float]] = field(default_factory=dict)  # variant -> {"mean_iou" | class: delta}
+    regressions: list[str] = field(default_factory=list)  # human-readable reasons
+    lines: list[str] = field(default_factory=list)  # printable delta table
+
+    @property
+    def exit_code(self) -> int:
+        return EXIT_REGRESSION if self.regressions else EXIT_OK
+
+
+def check_comparable(current: dict, baseline: dict) -> None:
+    a, b = current["dataset"], baseline["dataset"]
+    problems = [
+        f"{key}: {b.get(key)!r} (baseline) vs {a.get(key)!r} (now)"
+        for key in ("fingerprint", "split")
+        if a.get(key) != b.get(key)
+    ]
+    if current["class_names"] != baseline["class_names"]:
+        problems.append("class names differ")
+    if problems:
+        raise ReportMismatch("reports are of different data: " + "; ".join(problems) + " (use --force-compare to compare anyway)")
+
+
+def compare_reports(
+    current: dict, baseline: dict, *, miou_drop: float = 0.005, class_drop: float = 0.02, force: bool = False
+) -> Comparison:
+    """Per-variant, per-class IoU deltas (now - baseline) and the regressions found."""
+    if not force:
+        check_comparable(current, baseline)
+    cmp = Comparison()
+    names = [n for n in current["class_names"] if n in baseline["class_names"]]
+    cmp.lines.append(f"{'variant':<18} {'mean IoU':>10} {'delta':>8}   worst class delta")
+    for variant, now in current["variants"].items():
+        before = baseline["variants"].get(variant)
+        if before is None or now.get("mean_iou") is None or before.get("mean_iou") is None:
+            cmp.lines.append(f"{variant:<18} (not in baseline)")
+            continue
+        d = {"mean_iou": now["mean_iou"] - before["mean_iou"]}
+        for n in names:
+            x, y = now["iou"].get(n), before["iou"].get(n)
+            if x is not None and y is not None:
+                d[n] = x - y
+        cmp.deltas[variant] = d
+        if d["mean_iou"] < -miou_drop:
+            cmp.regressions.append(
+                f"{variant}: mean IoU {100 * before['mean_iou']:.2f} -> {100 * now['mean_iou']:.2f} "
+                f"({100 * d['mean_iou']:+.2f} points, threshold {100 * miou_drop:.2f})"
+            )
+        for n in names:
+            if n in d and d[n] < -class_drop:
+                cmp.regressions.append(
+                    f"{variant}/{n}: IoU {100 * before['iou'][n]:.2f} -> {100 * now['iou'][n]:.2f} "
+                    f"({100 * d[n]:+.2f} points, threshold {100 * class_drop:.2f})"
+                )
+        per_class = {k: v for k, v in d.items() if k != "mean_iou"}
+        worst = min(per_class.items(), key=lambda kv: kv[1]) if per_class else ("-", 0.0)
+        cmp.lines.append(
+            f"{variant:<18} {100 * now['mean_iou']:>10.2f} {100 * d['mean_iou']:>+8.2f}   {worst[0]} {100 * worst[1]:+.2f}"
+        )
+    return cmp
