@@ -1,0 +1,115 @@
+"""Reading a PASCAL VOC 2012 layout dataset from a local folder or any fsspec URL.
+
+Layout under ``root`` (local path, ``s3://bucket/VOC2012``, ``memory://voc`` ...)::
+
+    JPEGImages/<id>.jpg
+    SegmentationClass/<id>.png     palette PNG: class index per pixel, 255 = void
+    SegmentationObject/<id>.png    palette PNG: instance index 1..n per pixel, 0 = none, 255 = void
+    ImageSets/Segmentation/<split>.txt
+    classes.txt                    optional, one class name per line (VOC has none: 21 VOC classes)
+
+Instances come from ``SegmentationObject``; each one's class is the most frequent
+class under it in ``SegmentationClass`` (VOC gives every instance one class).
+"""
+
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass
+
+import fsspec
+import numpy as np
+from PIL import Image
+
+from models.classes import IGNORE_INDEX, VOC_CLASSES
+
+
+def join(root: str, *parts: str) -> str:
+    """``root/part/...`` for a local path or a URL (no ``os.path`` rules on URLs)."""
+    return "/".join([root.rstrip("/"), *[p.strip("/") for p in parts]])
+
+
+def exists(path: str) -> bool:
+    fs, p = fsspec.core.url_to_fs(path)
+    return fs.exists(p)
+
+
+def read_bytes(path: str) -> bytes:
+    with fsspec.open(path, "rb") as f:
+        return f.read()
+
+
+def read_class_names(root: str) -> list[str]:
+    """``classes.txt`` when the dataset has one, else the 21 PASCAL VOC classes."""
+    path = join(root, "classes.txt")
+    if not exists(path):
+        return list(VOC_CLASSES)
+    names = [line.strip() for line in read_bytes(path).decode().splitlines() if line.strip()]
+    if not names:
+        raise ValueError(f"{path} lists no classes")
+    return names
+
+
+def read_split(root: str, split: str) -> list[str]:
+    """Image ids of ``ImageSets/Segmentation/<split>.txt`` (or ``split`` itself if it is a path/URL to such a list)."""
+    path = split if split.endswith(".txt") else join(root, "ImageSets", "Segmentation", f"{split}.txt")
+    if not exists(path):
+        raise FileNotFoundError(f"no image list for split {split!r}: {path}")
+    return [line.split()[0] for line in read_bytes(path).decode().splitlines() if line.strip()]
+
+
+def decode_label(data: bytes) -> np.ndarray:
+    """A label PNG as ``uint8 (H, W)`` indices; palette ('P') or grey ('L') PNGs only.
+
+    An RGB PNG would be colours, not indices: refuse it rather than guess.
+    """
+    img = Image.open(io.BytesIO(data))
+    if img.mode not in ("P", "L"):
+        raise ValueError(f"label PNG must be palette or greyscale (indices), got mode {img.mode}")
+    return np.asarray(img, dtype=np.uint8)
+
+
+def decode_image(data: bytes) -> np.ndarray:
+    with Image.open(io.BytesIO(data)) as img:
+        return np.asarray(img.convert("RGB"), dtype=np.uint8)
+
+
+@dataclass
+class VOCSample:
+    image_id: str
+    image: np.ndarray  # uint8 (H, W, 3) RGB
+    label: np.ndarray  # uint8 (H, W) class index, 255 = void
+    objects: np.ndarray | None  # uint8 (H, W) instance index, 0 = none, 255 = void; None if not loaded
+
+
+def load_sample(root: str, image_id: str, *, objects: bool = True) -> VOCSample:
+    """One image with its class labels (and instance labels when ``objects``)."""
+    image = decode_image(read_bytes(join(root, "JPEGImages", f"{image_id}.jpg")))
+    label = decode_label(read_bytes(join(root, "SegmentationClass", f"{image_id}.png")))
+    obj = decode_label(read_bytes(join(root, "SegmentationObject", f"{image_id}.png"))) if objects else None
+    for name, arr in (("SegmentationClass", label), ("SegmentationObject", obj)):
+        if arr is not None and arr.shape != image.shape[:2]:
+            raise ValueError(f"{image_id}: {name} is {arr.shape}, image is {image.shape[:2]}")
+    return VOCSample(image_id, image, label, obj)
+
+
+def instances(label: np.ndarray, objects: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Tight boxes and classes of the object instances.
+
+    Returns ``boxes`` float32 ``(N, 4)`` as ``x0, y0, x1, y1`` (x1/y1 exclusive, so
+    the box of a one-pixel object at (x, y) is ``x, y, x+1, y+1``) and ``classes``
+    int64 ``(N,)``. Instances whose pixels are all void in the class map are skipped.
+    """
+    boxes, classes = [], []
+    for k in np.unique(objects):
+        if k == 0 or k == IGNORE_INDEX:
+            continue
+        mask = objects == k
+        cls = label[mask]
+        cls = cls[(cls != IGNORE_INDEX) & (cls != 0)]
+        if cls.size == 0:
+            continue
+        ys, xs = np.nonzero(mask)
+        boxes.append([xs.min(), ys.min(), xs.max() + 1, ys.max() + 1])
+        classes.append(np.bincount(cls).argmax())
+    return np.asarray(boxes, np.float32).reshape(-1, 4), np.asarray(classes, np.int64)
