@@ -1,0 +1,115 @@
+"""Label every image of a bucket with DeconvNet + FCN-8s (+ dense CRF), streaming on Ray Data.
+
+On a cluster (or a local head started with ``ray start --head``)::
+
+    ray job submit --working-dir . -- python jobs/segment_dataset.py \\
+        --input s3://bucket/images --output s3://bucket/masks \\
+        --checkpoint deconvnet.safetensors --fcn-checkpoint fcn8s.safetensors --format both
+
+On a laptop the same command without ``ray job submit --working-dir . --`` starts a
+local Ray. Writes ``<output>/<image_id stem>.png`` palette masks and/or
+``<output>/_parquet/*.parquet`` rows, ``<output>/_errors/*.parquet`` for inputs that
+failed, and ``<output>/_summary.json``. Rerunning skips what is already written.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+if __package__ in (None, ""):  # `python jobs/segment_dataset.py`: make the project importable
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from pipeline.proposals import ProposalConfig  # noqa: E402
+from pipeline.segment_config import CRFConfig, SegmentConfig  # noqa: E402
+from pipeline.segmenter import InferenceConfig  # noqa: E402
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--input", required=True, help="folder, glob, fsspec URL (s3://, gs://...) or manifest (.txt/.csv/.parquet)")
+    p.add_argument("--output", required=True, help="output folder or fsspec URL (must not be inside the input)")
+    p.add_argument("--checkpoint", required=True, help="DeconvNet checkpoint (.safetensors, path or URL)")
+    p.add_argument("--fcn-checkpoint", default=None, help="FCN-8s checkpoint; required unless --ensemble none")
+    p.add_argument("--format", default="both", choices=["png", "parquet", "both"])
+    p.add_argument("--ensemble", default="mean", choices=["mean", "none", "fcn"],
+                   help="mean: average DeconvNet and FCN-8s probabilities (EDeconvNet); none: DeconvNet alone; fcn: FCN alone")
+    p.add_argument("--crf", default="on", choices=["on", "off"], help="dense CRF refinement")
+    p.add_argument("--crf-iterations", type=int, default=10)
+    p.add_argument("--crf-prune-threshold", type=float, default=0.01,
+                   help="drop classes whose probability never reaches this (and that win no pixel) before the CRF")
+    p.add_argument("--skip-existing", default=True, action=argparse.BooleanOptionalAction,
+                   help="skip inputs whose outputs (or error row) already exist (default on)")
+    p.add_argument("--top-k", type=int, default=50, help="proposals per image")
+    p.add_argument("--min-side", type=float, default=112.0, help="skip proposals shorter than this (px at a 500 px image)")
+    p.add_argument("--enlarge", type=float, default=1.2, help="proposal enlargement factor")
+    p.add_argument("--edge-model", default=None, help="OpenCV structured-edge model.yml.gz (path or URL); default: gradient edges")
+    p.add_argument("--no-proposal-fallback", action="store_true",
+                   help="an image without proposals gets FCN alone instead of the whole image as one box")
+    p.add_argument("--max-pixels", type=int, default=40_000_000, help="larger images become error rows")
+    p.add_argument("--extensions", default=",".join(SegmentConfig.__dataclass_fields__["extensions"].default),
+                   help="comma-separated suffixes listed from folders/URLs ('' = every file)")
+    p.add_argument("--batch-size", type=int, default=4, help="images per model-actor call")
+    p.add_argument("--micro-batch", type=int, default=32, help="crops per DeconvNet forward pass")
+    p.add_argument("--precision", default="bf16", choices=["bf16", "fp16", "fp32"], help="autocast dtype on GPU")
+    p.add_argument("--device", default=None, help="model device (default: cuda when available)")
+    p.add_argument("--model-actors", type=int, default=None, help="default: one per GPU, or 1")
+    p.add_argument("--proposal-actors", type=int, default=None, help="default: from the cluster's CPUs")
+    p.add_argument("--crf-actors", type=int, default=None, help="default: from the cluster's CPUs")
+    p.add_argument("--write-batch-size", type=int, default=64, help="rows per Parquet part file")
+    return p
+
+
+def config_from_args(args: argparse.Namespace) -> SegmentConfig:
+    return SegmentConfig(
+        input=args.input,
+        output=args.output,
+        checkpoint=args.checkpoint,
+        fcn_checkpoint=args.fcn_checkpoint,
+        format=args.format,
+        skip_existing=args.skip_existing,
+        max_pixels=args.max_pixels,
+        extensions=tuple(e.strip() for e in args.extensions.split(",") if e.strip()),
+        proposals=ProposalConfig(
+            top_k=args.top_k,
+            min_side=args.min_side,
+            enlarge=args.enlarge,
+            edge_model=args.edge_model,
+            fallback="none" if args.no_proposal_fallback else "image",
+        ),
+        inference=InferenceConfig(
+            ensemble={"none": "deconvnet"}.get(args.ensemble, args.ensemble),
+            micro_batch=args.micro_batch,
+            precision=args.precision,
+            device=args.device,
+        ),
+        crf=CRFConfig(enabled=args.crf == "on", iterations=args.crf_iterations, prune_threshold=args.crf_prune_threshold),
+        batch_size=args.batch_size,
+        write_batch_size=args.write_batch_size,
+        model_actors=args.model_actors,
+        proposal_actors=args.proposal_actors,
+        crf_actors=args.crf_actors,
+    )
+
+
+def main(args: argparse.Namespace) -> int:
+    from pipeline.segment import prepare, run
+
+    cfg = config_from_args(args)
+    try:
+        plan = prepare(cfg)  # every argument check, before any work starts
+    except (ValueError, FileNotFoundError, PermissionError) as exc:
+        print(f"segment_dataset: error: {exc}", file=sys.stderr)
+        return 2
+    summary = run(cfg, plan)
+    print(
+        f"segment_dataset: {summary['processed']} images processed ({summary['written']} written, "
+        f"{summary['errors']} errors, {summary['skipped_existing']} skipped as existing) in {summary['seconds']:.1f} s, "
+        f"{summary['images_per_second'] or 0:.2f} images/s -> {cfg.output}"
+    )
+    return 1 if summary["missing"] or summary["duplicates"] else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(get_args_parser().parse_args()))

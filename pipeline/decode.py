@@ -1,0 +1,103 @@
+"""Read and decode stages: bytes from any fsspec URL, then a validated RGB uint8 image.
+
+Both are stateless Ray Data stages on ``dict[str, np.ndarray]`` batches. Failures are
+caught per row and recorded in the ``status`` (error class) and ``error`` (message)
+columns, so one corrupt file never fails a block; later stages pass such rows through
+untouched and the writer puts them in ``_errors``.
+"""
+
+from __future__ import annotations
+
+import io
+import warnings
+
+import fsspec
+import numpy as np
+from PIL import Image, ImageOps
+
+
+class EmptyFile(ValueError):
+    """The input has zero bytes."""
+
+
+class ImageTooLarge(ValueError):
+    """The image has more pixels than the configured maximum."""
+
+
+def _objects(values: list) -> np.ndarray:
+    column = np.empty(len(values), dtype=object)
+    column[:] = values
+    return column
+
+
+def read_bytes(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Add a ``bytes`` column with each row's file content (rows already in error are skipped)."""
+    status = [str(s) for s in batch["status"]]
+    errors = [str(e) for e in batch["error"]]
+    data = [b""] * len(status)
+    for i, path in enumerate(batch["path"]):
+        if status[i] != "ok":
+            continue
+        try:
+            with fsspec.open(str(path), "rb") as f:
+                data[i] = f.read()
+        except Exception as exc:
+            status[i], errors[i] = type(exc).__name__, f"read {path}: {exc}"
+    return {**batch, "status": np.array(status, dtype=object), "error": np.array(errors, dtype=object), "bytes": _objects(data)}
+
+
+def to_rgb(img: Image.Image) -> np.ndarray:
+    """EXIF orientation applied, any mode (gray, 16-bit, RGBA, palette, CMYK) to RGB uint8 ``(H, W, 3)``."""
+    img = ImageOps.exif_transpose(img)
+    if img.mode in ("I", "I;16", "I;16B", "I;16L", "I;16N", "F"):
+        # 16-bit (or 32-bit / float) gray: rescale the 16-bit range to 8 bits.
+        arr = np.asarray(img, dtype=np.float64)
+        arr = np.clip(np.round(arr / 257.0), 0, 255).astype(np.uint8)
+        return np.ascontiguousarray(np.repeat(arr[:, :, None], 3, axis=2))
+    if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
+        img = img.convert("RGBA").convert("RGB")  # alpha dropped: colours under it are kept
+    elif img.mode != "RGB":
+        img = img.convert("RGB")
+    return np.ascontiguousarray(np.asarray(img, dtype=np.uint8))
+
+
+def decode_image(data: bytes, max_pixels: int) -> np.ndarray:
+    if len(data) == 0:
+        raise EmptyFile("file is empty")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        img = Image.open(io.BytesIO(data))
+        width, height = img.size
+        if width * height > max_pixels:
+            raise ImageTooLarge(f"{width}x{height} = {width * height} pixels > max_pixels {max_pixels}")
+        img.load()  # decode now: truncated files fail here, inside the try of the caller
+    rgb = to_rgb(img)
+    if rgb.ndim != 3 or rgb.shape[2] != 3 or min(rgb.shape[:2]) < 1:
+        raise ValueError(f"decoded to an unusable array of shape {rgb.shape}")
+    return rgb
+
+
+def decode_images(batch: dict[str, np.ndarray], *, max_pixels: int) -> dict[str, np.ndarray]:
+    """Replace ``bytes`` by ``image`` (RGB uint8) plus ``height``/``width``; failures become error rows."""
+    status = [str(s) for s in batch["status"]]
+    errors = [str(e) for e in batch["error"]]
+    images, heights, widths = [], [], []
+    for i, data in enumerate(batch["bytes"]):
+        image = np.zeros((0, 0, 3), np.uint8)
+        if status[i] == "ok":
+            try:
+                image = decode_image(bytes(data), max_pixels)
+            except Exception as exc:  # every decoder failure is a per-row result, never a failed block
+                status[i], errors[i] = type(exc).__name__, f"decode: {exc}"
+        images.append(image)
+        heights.append(image.shape[0])
+        widths.append(image.shape[1])
+    out = {k: v for k, v in batch.items() if k != "bytes"}
+    out.update(
+        status=np.array(status, dtype=object),
+        error=np.array(errors, dtype=object),
+        image=_objects(images),
+        height=np.array(heights, dtype=np.int32),
+        width=np.array(widths, dtype=np.int32),
+    )
+    return out

@@ -1,0 +1,47 @@
+"""EdgeBox proposals as a Ray Data stage (the generator itself is ``pipeline.proposals``)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from pipeline.proposals import ProposalConfig, ProposalGenerator
+
+
+def _objects(values: list) -> np.ndarray:
+    column = np.empty(len(values), dtype=object)
+    column[:] = values
+    return column
+
+
+class ProposalStage:
+    """Adds ``boxes`` (float32 ``(K, 4)``, enlarged, best first) to each decoded row.
+
+    A class because a structured-edge model (``cfg.edge_model``) is loaded once per
+    actor. Rows in error pass through with no boxes; an image that makes EdgeBoxes
+    fail becomes an error row.
+
+    Args:
+        cfg: proposal settings (paper defaults).
+    """
+
+    def __init__(self, cfg: ProposalConfig | None = None) -> None:
+        self.generate = ProposalGenerator(cfg)
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        status = [str(s) for s in batch["status"]]
+        errors = [str(e) for e in batch["error"]]
+        boxes = []
+        for i, image in enumerate(batch["image"]):
+            b = np.zeros((0, 4), np.float32)
+            if status[i] == "ok":
+                try:
+                    b = self.generate(image)[0].astype(np.float32)
+                except Exception as exc:
+                    status[i], errors[i] = type(exc).__name__, f"proposals: {exc}"
+            boxes.append(b)
+        return {
+            **batch,
+            "status": np.array(status, dtype=object),
+            "error": np.array(errors, dtype=object),
+            "boxes": _objects(boxes),
+        }

@@ -1,0 +1,238 @@
+"""The segmentation job as one streaming Ray Data chain (DESIGN.md section 3).
+
+::
+
+    listing (driver) -> read_bytes -> decode_images        CPU tasks
+      -> ProposalStage (EdgeBoxes)                         CPU actors
+      -> Segmenter (crop, DeconvNet, max-aggregate, FCN)   GPU actors (CPU actors without GPUs)
+      -> CRFStage (class-pruned dense CRF)                 CPU actors
+      -> write_outputs (PNG / Parquet / _errors)           CPU tasks
+    -> _summary.json (driver)
+
+``prepare`` does every check that can fail on a bad argument (checkpoints, input
+root, output location, edge model) before Ray starts any work; ``run`` executes the
+chain and writes the summary. Rows carry ``image_id`` all the way, because Ray Data
+does not preserve order, and failures travel as error rows, so every input that
+was not skipped comes back exactly once from the writer.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import time
+from collections import Counter
+from dataclasses import dataclass
+
+from models import read_checkpoint_meta
+from pipeline.proposals import ProposalGenerator
+from pipeline.segment_config import SegmentConfig
+from pipeline.sources import (
+    SUMMARY_FILE,
+    assign_outputs,
+    check_output_location,
+    existing_results,
+    join,
+    list_inputs,
+    mark_pending,
+    url_to_fs,
+)
+
+
+@dataclass
+class Plan:
+    """What a run will do, decided before any work starts."""
+
+    input_root: str
+    todo: list[dict]  # items to process: path, image_id, mask_key, status, error, needs_row
+    n_inputs: int
+    n_skipped: int
+    class_names: list[str]
+    palette: list[list[int]]
+    checkpoint_id: str | None
+    fcn_checkpoint_id: str | None
+
+
+def prepare(cfg: SegmentConfig) -> Plan:
+    """Validate arguments and list the work; raises ValueError/FileNotFoundError on a bad argument."""
+    cfg.validate()
+    metas = {}
+    if cfg.inference.ensemble != "fcn":
+        metas["deconvnet"] = read_checkpoint_meta(cfg.checkpoint)
+        if metas["deconvnet"].architecture != "deconvnet":
+            raise ValueError(f"--checkpoint {cfg.checkpoint} holds {metas['deconvnet'].architecture}, not deconvnet")
+    if cfg.inference.ensemble != "deconvnet":
+        metas["fcn"] = read_checkpoint_meta(cfg.fcn_checkpoint)
+        if not metas["fcn"].architecture.startswith("fcn"):
+            raise ValueError(f"--fcn-checkpoint {cfg.fcn_checkpoint} holds {metas['fcn'].architecture}, not an FCN")
+    if len({m.num_classes for m in metas.values()}) != 1:
+        raise ValueError("the DeconvNet and FCN checkpoints have different numbers of classes")
+    meta = metas.get("deconvnet") or metas["fcn"]
+    ProposalGenerator(cfg.proposals)  # loads --edge-model now, so a bad one fails before any work
+    root, items = list_inputs(cfg.input, cfg.extensions)
+    check_output_location(root or cfg.input, cfg.output)
+    fs, out_path = url_to_fs(cfg.output)
+    try:
+        fs.makedirs(out_path, exist_ok=True)
+    except OSError as exc:
+        raise ValueError(f"cannot create the output {cfg.output!r}: {exc}") from exc
+    items = assign_outputs(items)
+    todo = items
+    if cfg.skip_existing:
+        todo = mark_pending(items, existing_results(cfg.output, cfg.formats), cfg.formats)
+    return Plan(
+        input_root=root,
+        todo=todo,
+        n_inputs=len(items),
+        n_skipped=len(items) - len(todo),
+        class_names=list(meta.class_names),
+        palette=[list(c) for c in meta.palette],
+        checkpoint_id=metas["deconvnet"].checkpoint_id if "deconvnet" in metas else None,
+        fcn_checkpoint_id=metas["fcn"].checkpoint_id if "fcn" in metas else None,
+    )
+
+
+@dataclass
+class StageResources:
+    """Actor pool sizes and per-task/actor CPU reservations for the chain."""
+
+    cpu_share: float  # CPUs reserved per CPU task/actor (fractional on small machines)
+    model_actors: int
+    model_gpus: float  # 1 per model actor when the cluster has GPUs, else 0 (CPU actors)
+    proposal_actors: int
+    crf_actors: int
+
+
+def stage_resources(cfg: SegmentConfig, resources: dict[str, float]) -> StageResources:
+    """Defaults from the cluster's resources; never more actor reservations than CPUs.
+
+    Actors hold their CPUs for the whole run; if they took every CPU, the read and
+    write tasks could never be scheduled and the dataset would hang. Each reservation
+    is therefore a fraction (1/8 of the cluster's CPUs, at most 1), and the actor
+    pools together stay under 60% of the CPUs.
+    """
+    cpus = max(float(resources.get("CPU", 1.0)), 1.0)
+    gpus = int(resources.get("GPU", 0.0))
+    share = min(1.0, cpus / 8)
+    model_actors = cfg.model_actors or max(gpus, 1)
+    budget = max(int(0.6 * cpus / share) - (0 if gpus else model_actors), 2)
+    proposal_actors = cfg.proposal_actors or max(1, budget // 2)
+    crf_actors = cfg.crf_actors or max(1, budget - budget // 2)
+    return StageResources(share, model_actors, 1.0 if gpus else 0.0, proposal_actors, crf_actors)
+
+
+def build_dataset(cfg: SegmentConfig, plan: Plan, res: StageResources):
+    """The lazy Ray Data chain over ``plan.todo``; iterating it runs the job."""
+    import ray
+
+    from pipeline.crf import CRFStage
+    from pipeline.decode import decode_images, read_bytes
+    from pipeline.proposal_stage import ProposalStage
+    from pipeline.segmenter import Segmenter
+    from pipeline.writers import write_outputs
+
+    n = len(plan.todo)
+    blocks = max(1, min(n, max(8, math.ceil(n / 16))))
+    share = res.cpu_share
+    return (
+        ray.data.from_items(plan.todo, override_num_blocks=blocks)
+        .map_batches(read_bytes, batch_size=8, batch_format="numpy", num_cpus=share)
+        .map_batches(decode_images, fn_kwargs={"max_pixels": cfg.max_pixels}, batch_size=8, batch_format="numpy", num_cpus=share)
+        .map_batches(
+            ProposalStage,
+            fn_constructor_kwargs={"cfg": cfg.proposals},
+            batch_size=1,
+            batch_format="numpy",
+            num_cpus=share,
+            concurrency=(1, res.proposal_actors),
+        )
+        .map_batches(
+            Segmenter,
+            fn_constructor_kwargs={
+                "checkpoint": cfg.checkpoint if cfg.inference.ensemble != "fcn" else None,
+                "fcn_checkpoint": cfg.fcn_checkpoint if cfg.inference.ensemble != "deconvnet" else None,
+                "cfg": cfg.inference,
+            },
+            batch_size=cfg.batch_size,
+            batch_format="numpy",
+            num_cpus=share if res.model_gpus == 0 else 1,
+            num_gpus=res.model_gpus,
+            concurrency=res.model_actors,
+        )
+        .map_batches(
+            CRFStage,
+            fn_constructor_kwargs={"cfg": cfg.crf},
+            batch_size=1,
+            batch_format="numpy",
+            num_cpus=share,
+            concurrency=(1, res.crf_actors),
+        )
+        .map_batches(
+            write_outputs,
+            fn_kwargs={
+                "output": cfg.output,
+                "formats": cfg.formats,
+                "class_names": plan.class_names,
+                "palette": plan.palette,
+                "checkpoint_id": plan.checkpoint_id,
+                "fcn_checkpoint_id": plan.fcn_checkpoint_id,
+                "config_hash": cfg.config_hash(),
+            },
+            batch_size=cfg.write_batch_size,
+            batch_format="numpy",
+            num_cpus=share,
+        )
+    )
+
+
+def run(cfg: SegmentConfig, plan: Plan | None = None) -> dict:
+    """Label every input of ``cfg`` (starting a local Ray if none is running); return the summary.
+
+    ``plan`` is ``prepare(cfg)``'s result when the caller already checked the arguments.
+    """
+    import ray
+
+    start = time.time()
+    plan = plan or prepare(cfg)
+    if not ray.is_initialized():
+        ray.init()
+    res = stage_resources(cfg, ray.cluster_resources())
+    statuses: Counter[str] = Counter()
+    seen: set[str] = set()
+    duplicates = 0
+    if plan.todo:
+        for batch in build_dataset(cfg, plan, res).iter_batches(batch_size=256, batch_format="numpy"):
+            for image_id, status in zip(batch["image_id"], batch["status"]):
+                duplicates += image_id in seen
+                seen.add(str(image_id))
+                statuses[str(status)] += 1
+    elapsed = time.time() - start
+    processed = sum(statuses.values())
+    errors = processed - statuses.get("ok", 0)
+    summary = {
+        "inputs": plan.n_inputs,
+        "skipped_existing": plan.n_skipped,
+        "processed": processed,
+        "written": statuses.get("ok", 0),
+        "errors": errors,
+        "error_classes": {k: v for k, v in sorted(statuses.items()) if k != "ok"},
+        "missing": len({i["image_id"] for i in plan.todo} - seen),
+        "duplicates": duplicates,
+        "seconds": round(elapsed, 3),
+        "images_per_second": round(processed / elapsed, 3) if elapsed > 0 else None,
+        "input": cfg.input,
+        "input_root": plan.input_root,
+        "output": cfg.output,
+        "formats": list(cfg.formats),
+        "checkpoint_id": plan.checkpoint_id,
+        "fcn_checkpoint_id": plan.fcn_checkpoint_id,
+        "config_hash": cfg.config_hash(),
+        "config": dataclasses.asdict(cfg),
+        "resources": dataclasses.asdict(res),
+        "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+    from pipeline.writers import atomic_write
+
+    atomic_write(join(cfg.output, SUMMARY_FILE), json.dumps(summary, indent=2, default=str).encode())
+    return summary

@@ -1,0 +1,90 @@
+"""Typed configuration of the segmentation job (``jobs/segment_dataset.py``).
+
+One dataclass per concern: ``CRFConfig`` (dense CRF), ``InferenceConfig`` (the model
+stage, defined next to it in ``pipeline.segmenter`` so that module stays importable
+without cv2/ray), ``ProposalConfig`` (``pipeline.proposals``), gathered in
+``SegmentConfig``. ``config_hash`` covers exactly the settings that change a mask.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from dataclasses import dataclass, field
+
+from pipeline.proposals import ProposalConfig
+from pipeline.segmenter import InferenceConfig
+
+FORMATS = ("png", "parquet", "both")
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pnm")
+
+
+@dataclass
+class CRFConfig:
+    """Fully connected CRF (Krahenbuhl & Koltun 2011) settings of the DeconvNet paper's code."""
+
+    enabled: bool = True  # False: the mask is the argmax of the ensemble probabilities
+    iterations: int = 10  # mean-field iterations
+    gaussian_sxy: float = 3.0  # smoothness kernel: position std (px)
+    gaussian_compat: float = 3.0  # smoothness kernel: Potts weight
+    bilateral_sxy: float = 20.0  # appearance kernel: position std (px)
+    bilateral_srgb: float = 3.0  # appearance kernel: colour std (0-255 units)
+    bilateral_compat: float = 5.0  # appearance kernel: Potts weight
+    # Class pruning: a class whose probability stays below this at every pixel and
+    # that is nobody's argmax is dropped before the CRF (see pipeline.crf.kept_classes).
+    prune_threshold: float = 0.01
+
+
+@dataclass
+class SegmentConfig:
+    input: str  # directory, glob, fsspec URL or manifest (.txt/.csv/.parquet list of paths)
+    output: str  # directory or fsspec URL; masks at <output>/<image_id stem>.png
+    checkpoint: str  # DeconvNet checkpoint (path or URL)
+    fcn_checkpoint: str | None = None  # FCN-8s checkpoint; needed unless inference.ensemble == "deconvnet"
+    format: str = "both"  # "png", "parquet" or "both"
+    skip_existing: bool = True  # inputs that already have every requested output (or an error row) are skipped
+    max_pixels: int = 40_000_000  # larger images become ImageTooLarge error rows
+    extensions: tuple[str, ...] = IMAGE_EXTENSIONS  # file suffixes listed from a folder/URL; () = every file
+    proposals: ProposalConfig = field(default_factory=ProposalConfig)
+    inference: InferenceConfig = field(default_factory=InferenceConfig)
+    crf: CRFConfig = field(default_factory=CRFConfig)
+    # Execution (no effect on results).
+    batch_size: int = 4  # images per model-actor call; their crops share DeconvNet micro-batches
+    write_batch_size: int = 64  # rows per Parquet part file
+    model_actors: int | None = None  # None: one per GPU, or 1 CPU actor without GPUs
+    proposal_actors: int | None = None  # None: from the cluster's CPUs
+    crf_actors: int | None = None  # None: from the cluster's CPUs
+
+    @property
+    def formats(self) -> tuple[str, ...]:
+        return ("png", "parquet") if self.format == "both" else (self.format,)
+
+    def validate(self) -> None:
+        if self.format not in FORMATS:
+            raise ValueError(f"--format must be one of {FORMATS}, got {self.format!r}")
+        if self.inference.ensemble not in ("mean", "deconvnet", "fcn"):
+            raise ValueError(f"ensemble must be mean, deconvnet or fcn, got {self.inference.ensemble!r}")
+        if self.inference.ensemble != "deconvnet" and not self.fcn_checkpoint:
+            raise ValueError(
+                f"ensemble {self.inference.ensemble!r} needs --fcn-checkpoint (or use --ensemble none for DeconvNet alone)"
+            )
+        for name in ("batch_size", "write_batch_size", "max_pixels"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1")
+        if self.inference.micro_batch < 1:
+            raise ValueError("micro_batch must be >= 1")
+
+    def result_settings(self) -> dict:
+        """The settings that determine a mask (checkpoints are identified by their own ids)."""
+        return {
+            "max_pixels": self.max_pixels,
+            "proposals": dataclasses.asdict(self.proposals),
+            "ensemble": self.inference.ensemble,
+            "precision": self.inference.precision,
+            "crf": dataclasses.asdict(self.crf),
+        }
+
+    def config_hash(self) -> str:
+        blob = json.dumps(self.result_settings(), sort_keys=True).encode()
+        return hashlib.sha256(blob).hexdigest()[:16]

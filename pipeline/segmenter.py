@@ -1,0 +1,212 @@
+"""The model stage: DeconvNet on proposals + FCN-8s on the whole image, ensembled.
+
+Per image (DeconvNet paper section 4 and its released code): each proposal box is
+cropped from the image and resized to 224x224 (bilinear; outside the image the
+pixels are 0, as in training), run through DeconvNet, its C-channel score map
+resized back to the box and max-aggregated into an image-size canvas that starts at
+zero; softmax of the canvas gives DeconvNet's probabilities. FCN-8s runs on the
+whole image. The ensemble (EDeconvNet) is the mean of the two probability maps.
+
+Everything happens on the model's device inside one call: crops are cut with
+torchvision's ``roi_align`` (``sampling_ratio=1, aligned=True`` samples exactly the
+bilinear-resize grid), crops of all images of a batch are cut into fixed-size
+micro-batches (so crops of several images share a forward pass), and only one
+``(C, H, W)`` float16 probability map per image leaves the stage.
+
+This module imports only torch, torchvision, numpy and ``models`` (no ray, cv2 or
+pydensecrf), so it can be used and benchmarked in-process on any GPU machine.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torchvision.ops import roi_align
+
+from models import load_checkpoint
+
+CROP_SIZE = 224  # DeconvNet's input size (paper Table 2)
+
+
+@dataclass
+class InferenceConfig:
+    ensemble: str = "mean"  # "mean" of DeconvNet and FCN-8s probabilities; "deconvnet" or "fcn" alone
+    micro_batch: int = 32  # crops per DeconvNet forward pass, mixed across the images of a batch
+    precision: str = "bf16"  # autocast dtype on CUDA: "bf16", "fp16" or "fp32"; CPU always runs fp32
+    device: str | None = None  # None: "cuda" when available, else "cpu"
+
+
+def crop_boxes(image: torch.Tensor, boxes: torch.Tensor, size: int = CROP_SIZE) -> torch.Tensor:
+    """Bilinear crops ``(K, 3, size, size)`` of ``boxes`` ``(K, 4)`` x0,y0,x1,y1 from ``image`` ``(3, H, W)``.
+
+    Pixel (i, j) of a crop samples the image at the centre of the box's (i, j) cell, the
+    same grid as ``F.interpolate(..., mode="bilinear", align_corners=False)``; samples
+    more than one pixel outside the image are 0 (zero padding).
+    """
+    rois = torch.cat([boxes.new_zeros((len(boxes), 1)), boxes], dim=1)
+    return roi_align(image[None], rois, output_size=(size, size), spatial_scale=1.0, sampling_ratio=1, aligned=True)
+
+
+def pixel_box(box: np.ndarray | torch.Tensor) -> tuple[int, int, int, int]:
+    """A float box rounded to whole pixels, at least 1 px wide and high."""
+    x0, y0, x1, y1 = (float(v) for v in box)
+    xi0, yi0 = int(round(x0)), int(round(y0))
+    return xi0, yi0, max(xi0 + 1, int(round(x1))), max(yi0 + 1, int(round(y1)))
+
+
+def paste_max(canvas: torch.Tensor, scores: torch.Tensor, box: tuple[int, int, int, int]) -> None:
+    """Resize ``scores`` ``(C, h, w)`` to the pixel box and max it into ``canvas`` ``(C, H, W)`` in place.
+
+    The part of the box outside the canvas is dropped.
+    """
+    x0, y0, x1, y1 = box
+    _, height, width = canvas.shape
+    cx0, cy0, cx1, cy1 = max(x0, 0), max(y0, 0), min(x1, width), min(y1, height)
+    if cx1 <= cx0 or cy1 <= cy0:
+        return
+    resized = F.interpolate(scores[None].float(), size=(y1 - y0, x1 - x0), mode="bilinear", align_corners=False)[0]
+    region = canvas[:, cy0:cy1, cx0:cx1]
+    torch.maximum(region, resized[:, cy0 - y0 : cy1 - y0, cx0 - x0 : cx1 - x0], out=region)
+
+
+def _object_column(values: list) -> np.ndarray:
+    column = np.empty(len(values), dtype=object)
+    column[:] = values
+    return column
+
+
+class Segmenter:
+    """EDeconvNet inference: ``predict(images, boxes) -> probabilities``; also a Ray Data stage.
+
+    ``predict`` takes RGB uint8 ``(H, W, 3)`` images and float32 ``(K, 4)`` boxes per
+    image and returns float16 ``(C, H, W)`` class probabilities per image (FCN alone
+    when an image has no box and the ensemble includes FCN; uniform from DeconvNet's
+    all-zero canvas otherwise).
+
+    As a stage, ``__call__(batch)`` reads the ``image``, ``boxes`` and ``status``
+    columns, adds ``probs`` and drops ``boxes``; rows whose status is not ``ok`` pass
+    through, and an image that makes the model fail becomes an error row.
+
+    Args:
+        checkpoint: DeconvNet checkpoint (path or fsspec URL), or None for ensemble "fcn".
+        fcn_checkpoint: FCN checkpoint, or None for ensemble "deconvnet".
+        cfg: ensemble mode, micro-batch size, precision, device.
+    """
+
+    def __init__(self, checkpoint: str | None, fcn_checkpoint: str | None = None, cfg: InferenceConfig | None = None) -> None:
+        self.cfg = cfg or InferenceConfig()
+        if self.cfg.ensemble not in ("mean", "deconvnet", "fcn"):
+            raise ValueError(f"ensemble must be mean, deconvnet or fcn, got {self.cfg.ensemble!r}")
+        self.device = torch.device(self.cfg.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        self.deconvnet = self.fcn = None
+        metas = []
+        if self.cfg.ensemble in ("mean", "deconvnet"):
+            self.deconvnet, meta = load_checkpoint(checkpoint, device=self.device)
+            self._deconv_norm = self._norm(meta)
+            metas.append(meta)
+        if self.cfg.ensemble in ("mean", "fcn"):
+            if not fcn_checkpoint:
+                raise ValueError(f"ensemble {self.cfg.ensemble!r} needs an FCN checkpoint")
+            self.fcn, meta = load_checkpoint(fcn_checkpoint, device=self.device)
+            self._fcn_norm = self._norm(meta)
+            metas.append(meta)
+        if len({m.num_classes for m in metas}) != 1:
+            raise ValueError(f"DeconvNet and FCN checkpoints disagree on the classes: {[m.num_classes for m in metas]}")
+        self.num_classes = metas[0].num_classes
+        self.metas = metas
+        dtypes = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": None}
+        if self.cfg.precision not in dtypes:
+            raise ValueError(f"precision must be one of {sorted(dtypes)}, got {self.cfg.precision!r}")
+        # Mixed precision only on CUDA; CPU autocast is slow and changes results for nothing.
+        self._amp_dtype = dtypes[self.cfg.precision] if self.device.type == "cuda" else None
+
+    def _norm(self, meta) -> tuple[torch.Tensor, torch.Tensor]:
+        mean = torch.tensor(meta.mean, dtype=torch.float32, device=self.device).view(1, 3, 1, 1)
+        std = torch.tensor(meta.std, dtype=torch.float32, device=self.device).view(1, 3, 1, 1)
+        return mean, std
+
+    def _autocast(self):
+        if self._amp_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=self.device.type, dtype=self._amp_dtype)
+
+    @torch.inference_mode()
+    def predict(self, images: list[np.ndarray], boxes: list[np.ndarray]) -> list[np.ndarray]:
+        if len(images) != len(boxes):
+            raise ValueError("one box array per image expected")
+        tensors = [self._to_tensor(im) for im in images]
+        probs = [None] * len(images)
+        if self.deconvnet is not None:
+            canvases = self._deconvnet_canvases(tensors, boxes)
+            probs = [torch.softmax(c, dim=0) for c in canvases]
+        if self.fcn is not None:
+            for i, t in enumerate(tensors):
+                fcn_p = self._fcn_probs(t)
+                if probs[i] is None:
+                    probs[i] = fcn_p
+                elif len(boxes[i]) == 0:  # no proposal: DeconvNet's map is uniform, FCN decides alone
+                    probs[i] = fcn_p
+                else:
+                    probs[i] = (probs[i] + fcn_p) / 2
+        return [p.to(torch.float16).cpu().numpy() for p in probs]
+
+    def _to_tensor(self, image: np.ndarray) -> torch.Tensor:
+        """RGB uint8 ``(H, W, 3)`` -> float ``(3, H, W)`` in [0, 1] on the device (uint8 crosses the bus)."""
+        pixels = torch.from_numpy(np.require(image, np.uint8, ["C", "W"])).to(self.device, non_blocking=True)
+        return pixels.permute(2, 0, 1).float().div_(255)
+
+    def _fcn_probs(self, image: torch.Tensor) -> torch.Tensor:
+        mean, std = self._fcn_norm
+        with self._autocast():
+            logits = self.fcn((image[None] - mean) / std)
+        return torch.softmax(logits[0].float(), dim=0)
+
+    def _deconvnet_canvases(self, tensors: list[torch.Tensor], boxes: list[np.ndarray]) -> list[torch.Tensor]:
+        canvases = [torch.zeros((self.num_classes, *t.shape[1:]), device=self.device) for t in tensors]
+        crops, owners, rects = [], [], []
+        for i, (t, b) in enumerate(zip(tensors, boxes)):
+            b = np.asarray(b, dtype=np.float32).reshape(-1, 4)
+            if len(b) == 0:
+                continue
+            crops.append(crop_boxes(t, torch.from_numpy(b).to(self.device)))
+            owners += [i] * len(b)
+            rects += [pixel_box(box) for box in b]
+        if not crops:
+            return canvases
+        mean, std = self._deconv_norm
+        crops = (torch.cat(crops) - mean) / std  # outside the image: 0 before normalising, as in training
+        mb = self.cfg.micro_batch
+        pad = self.device.type == "cuda"  # constant shapes let cuDNN reuse its autotuned kernels
+        for start in range(0, len(crops), mb):
+            chunk = crops[start : start + mb]
+            n = len(chunk)
+            if pad and n < mb:
+                chunk = torch.cat([chunk, chunk.new_zeros((mb - n, *chunk.shape[1:]))])
+            with self._autocast():
+                scores = self.deconvnet(chunk)[:n].float()
+            for j in range(n):
+                paste_max(canvases[owners[start + j]], scores[j], rects[start + j])
+        return canvases
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        status = [str(s) for s in batch["status"]]
+        errors = [str(e) for e in batch["error"]]
+        ok = [i for i, s in enumerate(status) if s == "ok"]
+        probs = [np.zeros((0, 0, 0), np.float16)] * len(status)
+        try:
+            results = self.predict([batch["image"][i] for i in ok], [batch["boxes"][i] for i in ok])
+            for i, p in zip(ok, results):
+                probs[i] = p
+        except Exception:  # one bad image must not fail its neighbours: retry one by one
+            for i in ok:
+                try:
+                    probs[i] = self.predict([batch["image"][i]], [batch["boxes"][i]])[0]
+                except Exception as exc:
+                    status[i], errors[i] = type(exc).__name__, f"model stage: {exc}"
+        out = {k: v for k, v in batch.items() if k not in ("boxes", "box_scores")}
+        out.update(status=np.array(status, dtype=object), error=np.array(errors, dtype=object), probs=_object_column(probs))
+        return out

@@ -1,0 +1,221 @@
+"""Input listing and output layout: which images to label and where their results go.
+
+An input is a folder (searched recursively), a glob, a single file, or a manifest
+(``.txt``/``.lst`` one path per line, ``.csv``/``.parquet`` with a ``path`` column and
+optionally an ``image_id`` column), on local disk or behind any fsspec URL. Every item
+gets an ``image_id``: its path relative to the input root (the folder, the fixed part
+of the glob, or the manifest's common parent folder).
+
+Output names come from ``image_id`` through ``mask_key``, which can never leave the
+output root (``..``, absolute paths and drive letters are neutralised); two inputs that
+would write the same mask, or an id that hits a reserved name, become error rows
+instead of overwriting each other.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import posixpath
+import re
+
+import fsspec
+from fsspec.implementations.local import LocalFileSystem
+
+MANIFEST_SUFFIXES = (".txt", ".lst", ".csv", ".parquet")
+RESERVED = ("_parquet", "_errors", "_summary.json")  # top-level names the job writes itself
+PARQUET_DIR, ERRORS_DIR, SUMMARY_FILE = RESERVED
+
+
+def url_to_fs(url: str):
+    return fsspec.core.url_to_fs(url)
+
+
+def to_url(fs, path: str) -> str:
+    """A path as the user would write it: plain for local files, ``proto://...`` otherwise."""
+    if isinstance(fs, LocalFileSystem):
+        return path
+    return fs.unstrip_protocol(path)
+
+
+def join(root: str, relative: str) -> str:
+    return root.rstrip("/") + "/" + relative.lstrip("/")
+
+
+def safe_relpath(image_id: str) -> str:
+    """``image_id`` as a relative POSIX path that stays under any root ('' if nothing is left)."""
+    parts = []
+    for part in re.split(r"[\\/]+", image_id):
+        part = part.strip()
+        if part in ("", ".", ".."):
+            continue
+        parts.append(part.replace(":", "_"))  # drive letters / URL schemes
+    return "/".join(parts)
+
+
+def mask_key(image_id: str) -> str:
+    """Relative path of an image's mask: the id's extension replaced by ``.png``."""
+    rel = safe_relpath(image_id)
+    if not rel:
+        return ""
+    stem, _ = posixpath.splitext(rel)
+    return (stem or rel) + ".png"
+
+
+def _has_glob(path: str) -> bool:
+    return any(c in path for c in "*?[")
+
+
+def _is_hidden(relative: str) -> bool:
+    return any(part.startswith(".") for part in relative.split("/"))
+
+
+def _read_manifest(fs, path: str) -> list[tuple[str, str | None]]:
+    suffix = posixpath.splitext(path)[1].lower()
+    if suffix == ".parquet":
+        import pyarrow.parquet as pq
+
+        table = pq.read_table(path, filesystem=fs)
+        cols = table.column_names
+        col = "path" if "path" in cols else cols[0]
+        paths = [str(p) for p in table.column(col).to_pylist()]
+        ids = [str(i) for i in table.column("image_id").to_pylist()] if "image_id" in cols else [None] * len(paths)
+        return list(zip(paths, ids))
+    text = fs.cat_file(path).decode("utf-8-sig")
+    if suffix == ".csv":
+        rows = list(csv.DictReader(io.StringIO(text)))
+        if not rows:
+            return []
+        col = "path" if "path" in rows[0] else next(iter(rows[0]))
+        return [(r[col].strip(), (r.get("image_id") or "").strip() or None) for r in rows if r[col].strip()]
+    lines = [line.strip() for line in text.splitlines()]
+    return [(line, None) for line in lines if line and not line.startswith("#")]
+
+
+def list_inputs(spec: str, extensions: tuple[str, ...] = ()) -> tuple[str, list[dict]]:
+    """``(root, items)`` for an input spec; each item has ``path`` (URL) and ``image_id``.
+
+    Raises FileNotFoundError when the input does not exist or cannot be listed.
+    """
+    fs, path = url_to_fs(spec)
+    exts = tuple(e.lower() for e in extensions)
+    try:
+        if _has_glob(path):
+            root = path.split("*")[0].split("?")[0].split("[")[0].rsplit("/", 1)[0]
+            found = sorted(p for p in fs.glob(path) if fs.isfile(p))
+            pairs = [(p, None) for p in found]
+        elif fs.isdir(path):
+            root = path.rstrip("/")
+            pairs = [(p, None) for p in sorted(fs.find(path)) if not _is_hidden(p[len(root) + 1 :])]
+            if exts:
+                pairs = [(p, i) for p, i in pairs if p.lower().endswith(exts)]
+        elif fs.isfile(path) and path.lower().endswith(MANIFEST_SUFFIXES):
+            return _list_manifest(fs, path)
+        elif fs.isfile(path):
+            root = posixpath.dirname(path)
+            pairs = [(path, None)]
+        else:
+            raise FileNotFoundError(f"input not found: {spec}")
+    except (PermissionError, OSError) as exc:
+        if isinstance(exc, FileNotFoundError):
+            raise
+        raise FileNotFoundError(f"input cannot be listed: {spec} ({exc})") from exc
+    items = [{"path": to_url(fs, p), "image_id": _relative(p, root)} for p, _ in pairs]
+    return to_url(fs, root), items
+
+
+def _list_manifest(fs, path: str) -> tuple[str, list[dict]]:
+    base = posixpath.dirname(path)
+    entries = []
+    for entry, image_id in _read_manifest(fs, path):
+        if "://" in entry or entry.startswith("/"):
+            efs, epath = url_to_fs(entry)
+        else:  # relative to the manifest's folder
+            efs, epath = fs, posixpath.normpath(join(base, entry))
+        entries.append((to_url(efs, epath), epath, image_id))
+    try:
+        root = posixpath.commonpath([posixpath.dirname(e[1]) for e in entries]) if entries else base
+    except ValueError:  # absolute and relative paths mixed
+        root = ""
+    items = [{"path": url, "image_id": image_id or _relative(epath, root)} for url, epath, image_id in entries]
+    return to_url(fs, root) if root else "", items
+
+
+def _relative(path: str, root: str) -> str:
+    root = root.rstrip("/")
+    if root and path.startswith(root + "/"):
+        return path[len(root) + 1 :]
+    return path.lstrip("/")
+
+
+def check_output_location(input_root: str, output: str) -> None:
+    """Refuse an output folder inside the input (a rerun would label its own masks)."""
+    in_fs, in_path = url_to_fs(input_root)
+    out_fs, out_path = url_to_fs(output)
+    if type(in_fs) is not type(out_fs):
+        return
+    if isinstance(out_fs, LocalFileSystem):
+        in_path, out_path = posixpath.realpath(in_path), posixpath.realpath(out_path)
+    in_path, out_path = in_path.rstrip("/"), out_path.rstrip("/")
+    if out_path == in_path or out_path.startswith(in_path + "/"):
+        raise ValueError(f"output {output!r} is inside the input {input_root!r}; choose a folder outside it")
+
+
+def assign_outputs(items: list[dict]) -> list[dict]:
+    """Add ``mask_key``, ``status`` and ``error``: invalid or colliding ids become error rows."""
+    seen: dict[str, str] = {}
+    for item in items:
+        key = mask_key(item["image_id"])
+        item.update(mask_key=key, status="ok", error="", needs_row=True)
+        if not key:
+            item.update(status="InvalidImageId", error=f"image id {item['image_id']!r} names no file")
+        elif key.split("/")[0] in RESERVED:
+            item.update(status="InvalidImageId", error=f"image id {item['image_id']!r} collides with reserved output name")
+        elif key in seen:
+            item.update(status="OutputCollision", error=f"mask {key} is already written for {seen[key]!r}")
+        else:
+            seen[key] = item["image_id"]
+    return items
+
+
+def existing_results(output: str, formats: tuple[str, ...]) -> set[str]:
+    """Image ids (and mask keys, prefixed ``mask:``) that a previous run already finished."""
+    fs, root = url_to_fs(output)
+    root = root.rstrip("/")
+    if not fs.exists(root):
+        return set()
+    done: set[str] = set()
+    for name in (PARQUET_DIR, ERRORS_DIR):
+        folder = join(root, name)
+        if fs.exists(folder):
+            import pyarrow.parquet as pq
+
+            for part in fs.find(folder):
+                if part.endswith(".parquet") and not posixpath.basename(part).startswith("."):
+                    ids = pq.read_table(part, columns=["image_id"], filesystem=fs).column("image_id").to_pylist()
+                    done.update(f"{name}:{i}" for i in ids)
+    if "png" in formats:
+        for p in fs.find(root):
+            rel = _relative(p, root)
+            if rel.endswith(".png") and not _is_hidden(rel) and rel.split("/")[0] not in RESERVED:
+                done.add(f"mask:{rel}")
+    return done
+
+
+def mark_pending(items: list[dict], done: set[str], formats: tuple[str, ...]) -> list[dict]:
+    """Items that still miss an output; each gets ``needs_row`` (no Parquet row yet), so a
+    rerun that only has to restore a deleted PNG never adds a second row."""
+    todo = [item for item in items if not is_done(item, done, formats)]
+    for item in todo:
+        item["needs_row"] = "parquet" in formats and f"{PARQUET_DIR}:{item['image_id']}" not in done
+    return todo
+
+
+def is_done(item: dict, done: set[str], formats: tuple[str, ...]) -> bool:
+    if f"{ERRORS_DIR}:{item['image_id']}" in done:
+        return True
+    if "png" in formats and f"mask:{item['mask_key']}" not in done:
+        return False
+    if "parquet" in formats and f"{PARQUET_DIR}:{item['image_id']}" not in done:
+        return False
+    return True

@@ -1,0 +1,321 @@
+"""Stages of the segmentation job, in-process (no Ray): decode, listing, model stage, CRF, writer, checks."""
+
+from __future__ import annotations
+
+import io
+import subprocess
+import sys
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from segment_fixtures import NUM_CLASSES, make_checkpoints, scene, tiny_config, write_images, write_odd_inputs
+
+from pipeline.crf import dense_crf, kept_classes, uncertainty
+from pipeline.decode import decode_images, read_bytes
+from pipeline.segment import prepare, stage_resources
+from pipeline.segment_config import CRFConfig
+from pipeline.segmenter import InferenceConfig, Segmenter, crop_boxes, paste_max, pixel_box
+from pipeline.sources import assign_outputs, check_output_location, list_inputs, mask_key, safe_relpath
+from pipeline.writers import ERROR_SCHEMA, RESULT_SCHEMA, atomic_write, encode_mask, write_outputs
+
+
+@pytest.fixture(scope="module")
+def ckpts(tmp_path_factory):
+    return make_checkpoints(tmp_path_factory.mktemp("ckpt"))
+
+
+def _batch(items: list[dict]) -> dict[str, np.ndarray]:
+    return {k: np.array([it[k] for it in items], dtype=object) for k in ("path", "image_id", "status", "error")}
+
+
+# --- decode -------------------------------------------------------------------------------------------
+
+
+def test_decode_odd_inputs(tmp_path):
+    expected = write_odd_inputs(tmp_path)
+    items = [{"path": str(tmp_path / n), "image_id": n, "status": "ok", "error": ""} for n in sorted(expected)]
+    out = decode_images(read_bytes(_batch(items)), max_pixels=10**6)
+    got = dict(zip(out["image_id"], out["status"]))
+    assert got == expected
+    by_id = {i: k for k, i in enumerate(out["image_id"])}
+    for name, status in expected.items():
+        image = out["image"][by_id[name]]
+        assert image.dtype == np.uint8 and image.ndim == 3 and image.shape[2] == 3
+        assert (image.size > 0) == (status == "ok")
+        assert (out["error"][by_id[name]] == "") == (status == "ok")
+    # EXIF orientation 6: stored 64 high x 96 wide, shown (and decoded) 96 high x 64 wide.
+    assert out["image"][by_id["rotated.jpg"]].shape == (96, 64, 3)
+    # 16-bit gray is rescaled to 8 bits, not clipped: v * 257 -> v.
+    deep = out["image"][by_id["deep16.png"]]
+    assert np.array_equal(deep[:, :, 0], scene(14, 64, 96)[:, :, 1]) and np.array_equal(deep[:, :, 0], deep[:, :, 2])
+    gray = out["image"][by_id["gray.png"]]
+    assert np.array_equal(gray[:, :, 1], scene(12, 70, 90)[:, :, 0])
+    assert np.array_equal(out["image"][by_id["rgba.png"]], scene(13, 66, 80))
+    assert list(out["height"][[by_id["gray.png"], by_id["empty.png"]]]) == [70, 0]
+
+
+def test_decode_too_large_and_read_error(tmp_path):
+    write_images(tmp_path, {"big.png": (50, 60)})
+    items = [
+        {"path": str(tmp_path / "big.png"), "image_id": "big.png", "status": "ok", "error": ""},
+        {"path": str(tmp_path / "gone.png"), "image_id": "gone.png", "status": "ok", "error": ""},
+        {"path": "x", "image_id": "pre", "status": "OutputCollision", "error": "earlier"},
+    ]
+    out = decode_images(read_bytes(_batch(items)), max_pixels=50 * 60 - 1)
+    assert list(out["status"]) == ["ImageTooLarge", "FileNotFoundError", "OutputCollision"]
+    assert "3000 pixels" in out["error"][0] and out["error"][2] == "earlier"
+
+
+# --- listing and output names ----------------------------------------------------------------------------
+
+
+def test_list_folder_glob_and_manifests(tmp_path):
+    root = tmp_path / "bucket"
+    write_images(root, {"a.jpg": (8, 8), "sub/b.png": (8, 8), "sub/deeper/c.JPG": (8, 8)})
+    (root / "readme.txt").write_text("not listed")
+    (root / ".hidden").mkdir()
+    write_images(root / ".hidden", {"x.jpg": (8, 8)})
+    r, items = list_inputs(str(root), (".jpg", ".png"))
+    assert r == str(root)
+    assert [i["image_id"] for i in items] == ["a.jpg", "sub/b.png", "sub/deeper/c.JPG"]
+    assert items[1]["path"] == str(root / "sub" / "b.png")
+    _, items = list_inputs(str(root / "sub" / "*.png"))
+    assert [i["image_id"] for i in items] == ["b.png"]
+    _, items = list_inputs(str(root) + "/**/*.JPG")
+    assert [i["image_id"] for i in items] == ["sub/deeper/c.JPG"]
+    (root / "list.txt").write_text("# images\na.jpg\nsub/b.png\n\n")
+    _, items = list_inputs(str(root / "list.txt"))
+    assert [(i["image_id"], i["path"]) for i in items] == [("a.jpg", str(root / "a.jpg")), ("sub/b.png", str(root / "sub/b.png"))]
+    (root / "list.csv").write_text(f"path,image_id\n{root / 'sub/deeper/c.JPG'},c-id\nsub/b.png,\n")
+    _, items = list_inputs(str(root / "list.csv"))
+    assert [i["image_id"] for i in items] == ["c-id", "b.png"]
+    pq.write_table(pa.table({"path": ["a.jpg", "sub/b.png"]}), root / "list.parquet")
+    _, items = list_inputs(str(root / "list.parquet"))
+    assert [i["image_id"] for i in items] == ["a.jpg", "sub/b.png"]
+    with pytest.raises(FileNotFoundError, match="input not found"):
+        list_inputs(str(tmp_path / "nope"))
+
+
+@pytest.mark.parametrize(
+    "image_id, key",
+    [
+        ("a/b.jpg", "a/b.png"),
+        ("../../etc/passwd.jpg", "etc/passwd.png"),
+        ("/abs/x.JPEG", "abs/x.png"),
+        ("C:\\pics\\y.jpg", "C_/pics/y.png"),
+        ("..", ""),
+        ("noext", "noext.png"),
+    ],
+)
+def test_mask_key_never_escapes(image_id, key):
+    assert mask_key(image_id) == key
+    assert ".." not in safe_relpath(image_id).split("/")
+    assert not safe_relpath(image_id).startswith("/")
+
+
+def test_assign_outputs_collisions_and_reserved():
+    items = assign_outputs([{"image_id": i, "path": i} for i in ["a.jpg", "a.png", "_errors/x.jpg", "../", "b.jpg"]])
+    assert [i["status"] for i in items] == ["ok", "OutputCollision", "InvalidImageId", "InvalidImageId", "ok"]
+    assert "a.jpg" in items[1]["error"]
+
+
+def test_output_inside_input_refused(tmp_path):
+    check_output_location(str(tmp_path / "in"), str(tmp_path / "out"))
+    with pytest.raises(ValueError, match="inside the input"):
+        check_output_location(str(tmp_path / "in"), str(tmp_path / "in" / "masks"))
+    with pytest.raises(ValueError, match="inside the input"):
+        check_output_location("s3://bucket/images", "s3://bucket/images/out")
+    check_output_location("s3://bucket/images", "s3://bucket/images-out")
+
+
+# --- model stage ----------------------------------------------------------------------------------------
+
+
+def test_crop_boxes_is_bilinear_resize_with_zero_padding():
+    torch.manual_seed(0)
+    image = torch.rand(3, 30, 40)
+    whole = crop_boxes(image, torch.tensor([[0.0, 0.0, 40.0, 30.0]]), size=56)
+    ref = F.interpolate(image[None], size=(56, 56), mode="bilinear", align_corners=False)
+    torch.testing.assert_close(whole, ref, atol=1e-5, rtol=0)
+    # A box hanging far outside on the left: the outside part is zero, the inside part is image.
+    crop = crop_boxes(image, torch.tensor([[-40.0, 0.0, 40.0, 30.0]]), size=80)[0]
+    assert torch.all(crop[:, :, :38] == 0)
+    torch.testing.assert_close(crop[:, :, 41:], F.interpolate(image[None], size=(80, 40), mode="bilinear")[0][:, :, 1:])
+
+
+def test_paste_max_exact():
+    canvas = torch.zeros(2, 4, 5)
+    scores = torch.full((2, 3, 3), -1.0)
+    scores[1] = 2.0
+    paste_max(canvas, scores, (3, 2, 6, 5))  # hangs over the right and bottom edges
+    expected = torch.zeros(2, 4, 5)
+    expected[1, 2:4, 3:5] = 2.0  # negative class-0 scores lose against the zero canvas
+    torch.testing.assert_close(canvas, expected)
+    paste_max(canvas, torch.full((2, 2, 2), 5.0), (-10, -10, -8, -8))  # fully outside: nothing changes
+    torch.testing.assert_close(canvas, expected)
+    assert pixel_box(np.array([0.4, 1.6, 0.6, 1.7])) == (0, 2, 1, 3)  # at least one pixel
+
+
+def test_segmenter_mixes_images_without_mixing_results(ckpts):
+    images = [scene(1, 70, 90), scene(2, 96, 64), scene(3, 80, 80)]
+    boxes = [
+        np.array([[0, 0, 90, 70], [10, 5, 60, 50], [-20, -10, 50, 40]], np.float32),
+        np.array([[5, 5, 60, 90]], np.float32),
+        np.zeros((0, 4), np.float32),
+    ]
+    seg = Segmenter(*ckpts, InferenceConfig(micro_batch=3, device="cpu"))
+    together = seg.predict(images, boxes)  # 4 crops -> micro-batches [img0 x3], [img1]... mixed with micro_batch 3
+    alone = [seg.predict([im], [b])[0] for im, b in zip(images, boxes)]
+    for t, a, im in zip(together, alone, images):
+        assert t.shape == (NUM_CLASSES, *im.shape[:2]) and t.dtype == np.float16
+        np.testing.assert_allclose(t.astype(np.float32), a.astype(np.float32), atol=2e-3)
+        np.testing.assert_allclose(t.astype(np.float32).sum(0), 1.0, atol=1e-2)
+    # No proposal: the ensemble falls back to FCN alone.
+    fcn_only = Segmenter(None, ckpts[1], InferenceConfig(ensemble="fcn", device="cpu")).predict([images[2]], [boxes[2]])[0]
+    np.testing.assert_array_equal(together[2], fcn_only)
+    # DeconvNet alone: pixels no box covers have a zero canvas -> uniform probabilities.
+    deconv = Segmenter(ckpts[0], None, InferenceConfig(ensemble="deconvnet", device="cpu")).predict(images[1:2], boxes[1:2])[0]
+    np.testing.assert_allclose(deconv[:, 0, 0].astype(np.float32), 1 / NUM_CLASSES, atol=1e-3)
+    assert not np.allclose(deconv[:, 40, 30].astype(np.float32), 1 / NUM_CLASSES, atol=1e-3)
+    # The ensemble is the mean of the two.
+    fcn1 = Segmenter(None, ckpts[1], InferenceConfig(ensemble="fcn", device="cpu")).predict(images[1:2], boxes[1:2])[0]
+    np.testing.assert_allclose(together[1].astype(np.float32), (deconv.astype(np.float32) + fcn1) / 2, atol=2e-3)
+
+
+def test_segmenter_stage_passes_error_rows(ckpts):
+    seg = Segmenter(*ckpts, InferenceConfig(micro_batch=2, device="cpu"))
+    images = np.empty(2, dtype=object)
+    images[:] = [np.zeros((0, 0, 3), np.uint8), scene(4, 40, 50)]
+    boxes = np.empty(2, dtype=object)
+    boxes[:] = [np.zeros((0, 4), np.float32), np.array([[0, 0, 50, 40]], np.float32)]
+    out = seg({"status": np.array(["EmptyFile", "ok"], dtype=object), "error": np.array(["e", ""], dtype=object),
+               "image": images, "boxes": boxes, "image_id": np.array(["a", "b"], dtype=object)})
+    assert "boxes" not in out and list(out["status"]) == ["EmptyFile", "ok"]
+    assert out["probs"][0].size == 0 and out["probs"][1].shape == (NUM_CLASSES, 40, 50)
+
+
+def test_segmenter_imports_no_ray_cv2_or_crf():
+    code = "import sys, pipeline.segmenter; print(sorted(m for m in ('ray', 'cv2', 'pydensecrf') if m in sys.modules))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
+
+
+# --- CRF ------------------------------------------------------------------------------------------------
+
+
+def _two_region_case(num_classes: int = 6, seed: int = 0):
+    rng = np.random.default_rng(seed)
+    h, w = 40, 60
+    truth = np.zeros((h, w), np.int64)
+    truth[:, 30:] = 2
+    image = np.where(truth[..., None] == 2, 200, 40).astype(np.uint8).repeat(3, axis=2)
+    logits = rng.normal(0, 1.0, (num_classes, h, w))
+    logits[0] += np.where(truth == 0, 1.2, 0)
+    logits[2] += np.where(truth == 2, 1.2, 0)
+    logits[3:] -= 8  # classes 3.. are clearly absent
+    probs = np.exp(logits) / np.exp(logits).sum(0)
+    return image, probs.astype(np.float32), truth
+
+
+def test_crf_pruning_gives_same_mask_and_cleans_noise():
+    image, probs, truth = _two_region_case()
+    cfg = CRFConfig()
+    assert list(kept_classes(probs, cfg.prune_threshold)) == [0, 1, 2]
+    pruned, full = dense_crf(image, probs, cfg), dense_crf(image, probs, cfg, prune=False)
+    assert pruned.dtype == np.uint8 and pruned.shape == truth.shape
+    np.testing.assert_array_equal(pruned, full)
+    argmax_acc = (probs.argmax(0) == truth).mean()
+    crf_acc = (pruned == truth).mean()
+    assert argmax_acc < 0.8 and crf_acc > 0.97, (argmax_acc, crf_acc)
+
+
+def test_crf_single_class_and_uncertainty():
+    probs = np.zeros((3, 5, 6), np.float32)
+    probs[1] = 1.0
+    assert np.all(dense_crf(np.zeros((5, 6, 3), np.uint8), probs, CRFConfig()) == 1)
+    assert uncertainty(probs) == 0.0
+    assert uncertainty(np.full((4, 2, 2), 0.25, np.float32)) == pytest.approx(0.75)
+
+
+# --- writer ---------------------------------------------------------------------------------------------
+
+
+def test_encode_mask_palette_roundtrip():
+    mask = np.array([[0, 1, 2], [3, 3, 0]], np.uint8)
+    palette = [[0, 0, 0], [128, 0, 0], [0, 128, 0], [128, 128, 0]]
+    img = Image.open(io.BytesIO(encode_mask(mask, palette)))
+    assert img.mode == "P" and img.size == (3, 2)
+    np.testing.assert_array_equal(np.asarray(img), mask)
+    assert img.getpalette()[:12] == [c for rgb in palette for c in rgb]
+
+
+def test_write_outputs_rows_and_atomicity(tmp_path):
+    masks = np.empty(2, dtype=object)
+    masks[:] = [np.array([[0, 1], [1, 1]], np.uint8), np.zeros((0, 0), np.uint8)]
+    batch = {
+        "image_id": np.array(["d/x.jpg", "bad.jpg"], dtype=object),
+        "path": np.array(["/in/d/x.jpg", "/in/bad.jpg"], dtype=object),
+        "mask_key": np.array(["d/x.png", "bad.png"], dtype=object),
+        "status": np.array(["ok", "EmptyFile"], dtype=object),
+        "error": np.array(["", "decode: file is empty"], dtype=object),
+        "height": np.array([2, 0], np.int32),
+        "width": np.array([2, 0], np.int32),
+        "mask": masks,
+        "uncertainty": np.array([0.25, np.nan], np.float32),
+        "needs_row": np.array([True, True]),
+    }
+    kw = dict(output=str(tmp_path), formats=("png", "parquet"), class_names=["bg", "fg"], palette=[[0, 0, 0], [9, 9, 9]],
+              checkpoint_id="c1", fcn_checkpoint_id="f1", config_hash="h1")
+    out = write_outputs(batch, **kw)
+    assert list(out["status"]) == ["ok", "EmptyFile"]
+    assert sorted(p.name for p in tmp_path.rglob("*") if p.is_file()) == sorted(
+        ["x.png", next((tmp_path / "_parquet").iterdir()).name, next((tmp_path / "_errors").iterdir()).name]
+    )
+    rows = pq.read_table(tmp_path / "_parquet")
+    assert rows.schema.equals(RESULT_SCHEMA)
+    r = {row["image_id"]: row for row in rows.to_pylist()}
+    assert r["d/x.jpg"]["classes"] == [{"id": 0, "name": "bg", "fraction": 0.25}, {"id": 1, "name": "fg", "fraction": 0.75}]
+    assert r["bad.jpg"]["mask_png"] is None and r["bad.jpg"]["height"] is None and r["bad.jpg"]["status"] == "EmptyFile"
+    np.testing.assert_array_equal(np.asarray(Image.open(io.BytesIO(r["d/x.jpg"]["mask_png"]))), masks[0])
+    assert pq.read_table(tmp_path / "_errors").schema.equals(ERROR_SCHEMA)
+    # A retried batch rewrites the same part files (named by content) instead of adding rows.
+    write_outputs(batch, **kw)
+    assert pq.read_table(tmp_path / "_parquet").num_rows == 2
+    atomic_write(str(tmp_path / "a" / "f.bin"), b"123")
+    assert [p.name for p in (tmp_path / "a").iterdir()] == ["f.bin"]
+
+
+# --- argument checks ------------------------------------------------------------------------------------
+
+
+def test_prepare_fails_fast_on_bad_arguments(tmp_path, ckpts):
+    inp = tmp_path / "in"
+    write_images(inp, {"a.jpg": (32, 32)})
+    out = str(tmp_path / "out")
+    with pytest.raises(FileNotFoundError, match="checkpoint not found"):
+        prepare(tiny_config(str(inp), out, (str(tmp_path / "missing.safetensors"), ckpts[1])))
+    with pytest.raises(ValueError, match="not deconvnet"):
+        prepare(tiny_config(str(inp), out, (ckpts[1], ckpts[1])))
+    with pytest.raises(FileNotFoundError, match="input not found"):
+        prepare(tiny_config(str(tmp_path / "nowhere"), out, ckpts))
+    with pytest.raises(ValueError, match="inside the input"):
+        prepare(tiny_config(str(inp), str(inp / "masks"), ckpts))
+    with pytest.raises(ValueError, match="needs --fcn-checkpoint"):
+        prepare(tiny_config(str(inp), out, (ckpts[0], None)))
+    assert not (tmp_path / "out").exists()  # nothing was started or written
+    plan = prepare(tiny_config(str(inp), out, ckpts))
+    assert [i["image_id"] for i in plan.todo] == ["a.jpg"] and plan.n_skipped == 0
+
+
+def test_stage_resources_leave_cpu_headroom():
+    cfg = tiny_config("in", "out", ("a", "b"))
+    small = stage_resources(cfg, {"CPU": 2.0})
+    reserved = small.cpu_share * (small.model_actors + small.proposal_actors + small.crf_actors)
+    assert small.model_gpus == 0 and reserved <= 0.6 * 2 + 1e-9
+    big = stage_resources(cfg, {"CPU": 64.0, "GPU": 4.0})
+    assert big.model_actors == 4 and big.model_gpus == 1.0 and big.proposal_actors >= 10
