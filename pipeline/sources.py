@@ -98,6 +98,7 @@ def list_inputs(spec: str, extensions: tuple[str, ...] = ()) -> tuple[str, list[
     Raises FileNotFoundError when the input does not exist or cannot be listed.
     """
     fs, path = url_to_fs(spec)
+    fs.invalidate_cache()
     exts = tuple(e.lower() for e in extensions)
     try:
         if _has_glob(path):
@@ -182,6 +183,7 @@ def existing_results(output: str, formats: tuple[str, ...]) -> set[str]:
     """Image ids (and mask keys, prefixed ``mask:``) that a previous run already finished."""
     fs, root = url_to_fs(output)
     root = root.rstrip("/")
+    fs.invalidate_cache()  # object-store listings are cached per process; a rerun must see new files
     if not fs.exists(root):
         return set()
     done: set[str] = set()

@@ -1,0 +1,196 @@
+"""The segmentation job end to end on a real local Ray: real files, PNG, Parquet, S3 (moto server).
+
+One Ray session (2 CPUs, like the CI machine) serves every test of this module.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+import ray
+from PIL import Image
+from segment_fixtures import NUM_CLASSES, free_port, make_checkpoints, tiny_config, write_images, write_odd_inputs
+
+from models import voc_palette
+from pipeline.crf import CRFConfig
+from pipeline.reference import reference_results
+from pipeline.segment import prepare, run
+from pipeline.segmenter import InferenceConfig
+from pipeline.writers import ERROR_SCHEMA, RESULT_SCHEMA
+
+pytestmark = pytest.mark.slow
+
+GOOD = {"a.jpg": (64, 80), "b.png": (96, 64), "sub/c.jpg": (72, 72), "sub/deeper/d.png": (80, 100)}
+
+
+@pytest.fixture(scope="module")
+def s3_server():
+    """A local S3 emulator (moto server) that Ray's worker processes can reach over HTTP."""
+    from moto.server import ThreadedMotoServer
+
+    port = free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    env = {
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_DEFAULT_REGION": "us-east-1",
+        "AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}",
+        "FSSPEC_S3_ENDPOINT_URL": f"http://127.0.0.1:{port}",
+    }
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    yield env["AWS_ENDPOINT_URL"]
+    for k, v in saved.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def ray_session(s3_server):
+    # Started after the S3 variables are set, so every worker process inherits them.
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)  # never join a running cluster
+    yield
+    ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def ckpts(tmp_path_factory):
+    return make_checkpoints(tmp_path_factory.mktemp("ckpt"))
+
+
+@pytest.fixture(scope="module")
+def first_run(tmp_path_factory, ckpts, ray_session):
+    root = tmp_path_factory.mktemp("bucket")
+    inp, out = root / "images", root / "masks"
+    write_images(inp, GOOD)
+    expected = {k: "ok" for k in GOOD}
+    expected.update({f"odd/{k}": v for k, v in write_odd_inputs(inp / "odd").items()})
+    cfg = tiny_config(str(inp), str(out), ckpts)
+    items = prepare(cfg).todo
+    summary = run(cfg)
+    return cfg, items, expected, summary
+
+
+def _png(path) -> np.ndarray:
+    img = Image.open(path)
+    assert img.mode == "P"
+    return np.asarray(img)
+
+
+def test_end_to_end_both_formats(first_run):
+    cfg, items, expected, summary = first_run
+    out = cfg.output
+    n_ok = sum(s == "ok" for s in expected.values())
+    errors = {}
+    for s in expected.values():
+        if s != "ok":
+            errors[s] = errors.get(s, 0) + 1
+    assert summary["inputs"] == summary["processed"] == len(expected)
+    assert (summary["written"], summary["errors"], summary["skipped_existing"]) == (n_ok, len(expected) - n_ok, 0)
+    assert summary["error_classes"] == errors and summary["missing"] == summary["duplicates"] == 0
+    assert json.load(open(os.path.join(out, "_summary.json")))["written"] == n_ok
+
+    rows = pq.read_table(os.path.join(out, "_parquet"))
+    assert rows.schema.equals(RESULT_SCHEMA)
+    by_id = {r["image_id"]: r for r in rows.to_pylist()}
+    assert len(by_id) == rows.num_rows == len(expected)  # every input exactly once
+    assert {k: r["status"] for k, r in by_id.items()} == expected
+    palette = [c for rgb in voc_palette(NUM_CLASSES) for c in rgb]
+    for image_id, status in expected.items():
+        row = by_id[image_id]
+        png = os.path.join(out, os.path.splitext(image_id)[0] + ".png")
+        assert row["checkpoint_id"] and row["fcn_checkpoint_id"] and row["config_hash"] == cfg.config_hash()
+        if status != "ok":
+            assert not os.path.exists(png) and row["mask_png"] is None and row["error"]
+            continue
+        mask = _png(png)
+        assert Image.open(png).getpalette()[: len(palette)] == palette
+        h, w = GOOD.get(image_id, (row["height"], row["width"]))
+        assert mask.shape == (h, w) == (row["height"], row["width"])
+        assert mask.max() < NUM_CLASSES
+        np.testing.assert_array_equal(np.asarray(Image.open(io.BytesIO(row["mask_png"]))), mask)
+        assert sum(c["fraction"] for c in row["classes"]) == pytest.approx(1.0)
+        assert 0.0 <= row["uncertainty"] <= 1.0 - 1.0 / NUM_CLASSES + 1e-6
+    assert (by_id["odd/rotated.jpg"]["height"], by_id["odd/rotated.jpg"]["width"]) == (96, 64)  # EXIF applied
+    errs = pq.read_table(os.path.join(out, "_errors"))
+    assert errs.schema.equals(ERROR_SCHEMA)
+    assert sorted(errs.column("image_id").to_pylist()) == sorted(k for k, s in expected.items() if s != "ok")
+    leftovers = [f for _, _, files in os.walk(out) for f in files if f.startswith(".")]
+    assert leftovers == []  # no temporary files left behind
+
+
+def test_ray_result_equals_in_process_reference(first_run):
+    cfg, items, expected, _ = first_run
+    ref = reference_results(cfg, items)
+    assert {k: r["status"] for k, r in ref.items()} == expected
+    rows = {r["image_id"]: r for r in pq.read_table(os.path.join(cfg.output, "_parquet")).to_pylist()}
+    n_classes_seen = set()
+    for image_id, r in ref.items():
+        if r["status"] != "ok":
+            continue
+        mask = _png(os.path.join(cfg.output, os.path.splitext(image_id)[0] + ".png"))
+        np.testing.assert_array_equal(mask, r["mask"], err_msg=image_id)
+        assert rows[image_id]["uncertainty"] == pytest.approx(r["uncertainty"], abs=1e-4)
+        n_classes_seen.update(np.unique(mask).tolist())
+    assert len(n_classes_seen) >= 2  # the comparison is not between trivially constant masks
+
+
+def test_rerun_skips_existing_and_restores_only_what_is_missing(first_run):
+    cfg, _, expected, _ = first_run
+    again = run(cfg)
+    assert (again["processed"], again["skipped_existing"]) == (0, len(expected))
+    victim = os.path.join(cfg.output, "sub", "c.png")
+    before = _png(victim)
+    os.remove(victim)
+    third = run(cfg)
+    assert (third["processed"], third["written"], third["skipped_existing"]) == (1, 1, len(expected) - 1)
+    np.testing.assert_array_equal(_png(victim), before)
+    ids = pq.read_table(os.path.join(cfg.output, "_parquet")).column("image_id").to_pylist()
+    assert sorted(ids) == sorted(expected)  # no duplicated rows
+    assert pq.read_table(os.path.join(cfg.output, "_errors")).num_rows == sum(s != "ok" for s in expected.values())
+
+
+def test_s3_input_and_output_png_only(tmp_path, ckpts, ray_session, s3_server):
+    import fsspec
+
+    fs = fsspec.filesystem("s3")
+    fs.mkdir("bucket-in")
+    fs.mkdir("bucket-out")
+    local = tmp_path / "images"
+    write_images(local, {"x/one.jpg": (64, 72), "two.png": (70, 60)}, seed=20)
+    (local / "broken.jpg").write_bytes(b"\xff\xd8 not really a jpeg")
+    fs.put(str(local) + "/", "bucket-in/images/", recursive=True)
+    cfg = tiny_config(
+        "s3://bucket-in/images",
+        "s3://bucket-out/run1",
+        ckpts,
+        format="png",
+        inference=InferenceConfig(ensemble="deconvnet", micro_batch=2, device="cpu"),
+        crf=CRFConfig(enabled=False),
+    )
+    items = prepare(cfg).todo
+    assert sorted(i["path"] for i in items) == [
+        "s3://bucket-in/images/broken.jpg", "s3://bucket-in/images/two.png", "s3://bucket-in/images/x/one.jpg"
+    ]
+    summary = run(cfg)
+    assert (summary["processed"], summary["written"], summary["errors"]) == (3, 2, 1)
+    fs.invalidate_cache()
+    names = sorted(p.split("bucket-out/run1/", 1)[1] for p in fs.find("bucket-out/run1"))
+    assert [n for n in names if not n.startswith("_errors/")] == ["_summary.json", "two.png", "x/one.png"]
+    assert not any(n.startswith("_parquet") for n in names)
+    ref = reference_results(cfg, items)
+    for image_id, size in {"x/one.jpg": (64, 72), "two.png": (70, 60)}.items():
+        mask = np.asarray(Image.open(io.BytesIO(fs.cat_file("bucket-out/run1/" + os.path.splitext(image_id)[0] + ".png"))))
+        assert mask.shape == size
+        np.testing.assert_array_equal(mask, ref[image_id]["mask"])
+    assert ref["broken.jpg"]["status"] != "ok"
+    assert run(cfg)["processed"] == 0  # skip-existing works on object stores too
