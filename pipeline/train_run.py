@@ -1,0 +1,116 @@
+"""Driver side of a training run: one Ray Train ``TorchTrainer`` per stage, chained.
+
+Run directory layout (``cfg.output``, local or URL)::
+
+    proposals/<split>.parquet        stage-2 proposal cache (DeconvNet)
+    <stage>/checkpoint_<iteration>/  Ray Train checkpoints of a stage (newest kept)
+    <stage>.safetensors              the stage's final model, exported when it finishes
+    <stage>.json                     its final metrics
+
+Re-running the same command with the same output skips finished stages (their
+exported model exists), resumes an unfinished one from its latest checkpoint, and
+starts the next stage from the previous one's exported model.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import time
+
+import fsspec
+import ray
+from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+from ray.train.torch import TorchTrainer
+
+from pipeline.train_config import Stage, TrainConfig
+from pipeline.train_data import train_dataset, val_dataset
+from pipeline.train_loop import train_loop_per_worker
+from pipeline.train_state import MODEL_FILE, latest_checkpoint
+from pipeline.voc import exists, join, read_bytes, read_class_names
+
+
+def _storage_path(output: str) -> str:
+    return output if "://" in output else os.path.abspath(output)
+
+
+def _write(path: str, data: bytes) -> None:
+    fs, p = fsspec.core.url_to_fs(path)
+    fs.makedirs(p.rsplit("/", 1)[0], exist_ok=True)
+    with fs.open(p + ".tmp", "wb") as f:
+        f.write(data)
+    fs.mv(p + ".tmp", p)  # complete or absent: its presence marks the stage as done
+
+
+def final_model_path(cfg: TrainConfig, stage: Stage) -> str:
+    return join(cfg.output, f"{stage.name}.safetensors")
+
+
+def use_gpu(cfg: TrainConfig) -> bool:
+    if cfg.use_gpu is not None:
+        return cfg.use_gpu
+    return ray.cluster_resources().get("GPU", 0) >= cfg.num_workers
+
+
+def train_stage(cfg: TrainConfig, stage: Stage, class_names: list[str], init: str | None) -> dict:
+    """Train one stage with Ray Train (resuming if it has checkpoints); returns its last metrics."""
+    val = val_dataset(cfg, stage)
+    datasets = {"train": train_dataset(cfg, stage)}
+    if val is not None:
+        datasets["val"] = val
+    gpu = use_gpu(cfg)
+    resources = {"CPU": cfg.cpus_per_worker, **({"GPU": 1} if gpu else {})}
+    trainer = TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config={
+            "cfg": dataclasses.asdict(cfg),
+            "stage": dataclasses.asdict(stage),
+            "class_names": class_names,
+            "init": init,
+            "resume_from": latest_checkpoint(join(cfg.output, stage.name)),
+            "has_val": val is not None,
+        },
+        scaling_config=ScalingConfig(num_workers=cfg.num_workers, use_gpu=gpu, resources_per_worker=resources),
+        run_config=RunConfig(
+            storage_path=_storage_path(cfg.output),
+            name=stage.name,
+            failure_config=FailureConfig(max_failures=cfg.max_failures),
+            checkpoint_config=CheckpointConfig(num_to_keep=cfg.keep_checkpoints),
+        ),
+        datasets=datasets,
+    )
+    result = trainer.fit()
+    if result.checkpoint is None:
+        raise RuntimeError(f"{stage.name}: training finished without a checkpoint")
+    with result.checkpoint.as_directory() as d:
+        with open(os.path.join(d, MODEL_FILE), "rb") as f:
+            _write(final_model_path(cfg, stage), f.read())
+    return dict(result.metrics or {})
+
+
+def run_training(cfg: TrainConfig) -> dict[str, str]:
+    """Train every stage of ``cfg`` in order; returns ``{stage name: exported model path}``."""
+    class_names = read_class_names(cfg.data)
+    init = cfg.init_from
+    done: dict[str, str] = {}
+    for stage in cfg.plan():
+        final = final_model_path(cfg, stage)
+        if exists(final):
+            print(f"[train] {stage.name}: already finished ({final}), skipping", flush=True)
+        else:
+            print(f"[train] {stage.name}: {stage.iterations} iterations on {cfg.num_workers} worker(s), "
+                  f"global batch {cfg.batch_size * cfg.num_workers * cfg.accumulation} "
+                  f"({cfg.batch_size} x {cfg.num_workers} workers x {cfg.accumulation} accumulated), "
+                  f"starting from {init or cfg.backbone_weights or 'random init'}", flush=True)
+            t0 = time.time()
+            metrics = train_stage(cfg, stage, class_names, init)
+            _write(join(cfg.output, f"{stage.name}.json"), json.dumps(metrics, indent=1, default=str).encode())
+            print(f"[train] {stage.name}: done in {time.time() - t0:.0f}s -> {final}", flush=True)
+        done[stage.name] = final
+        init = final
+    return done
+
+
+def stage_metrics(cfg: TrainConfig, stage_name: str) -> dict:
+    return json.loads(read_bytes(join(cfg.output, f"{stage_name}.json")))

@@ -1,0 +1,153 @@
+"""Training with a real local Ray (2 CPU workers, gloo) on a tiny generated VOC-layout dataset.
+
+Covers: DeconvNet stage 1 -> stage 2 (loss goes down, checkpoints load, stage 2 starts
+from stage 1's exact weights, proposals cached once), FCN-32s -> 16s -> 8s through
+``jobs/train.py``, resume of an interrupted run, and Ray Train's worker-failure restart.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+import ray
+import torch
+from safetensors.torch import load_file
+
+from models import load_checkpoint
+from models.fcn import FCN
+from pipeline.synthvoc import SYNTH_CLASSES
+from pipeline.train_config import TrainConfig
+from pipeline.train_run import run_training
+from pipeline.train_state import MODEL_FILE, OPTIMIZER_FILE, STATE_FILE, latest_checkpoint, weights_fingerprint
+
+ROOT = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def ray_local():
+    # address="local": never attach to another Ray instance running on this machine.
+    # 4 logical CPUs on a 2-core box: 2 train workers + room for Ray Data tasks.
+    ray.init(address="local", num_cpus=4, include_dashboard=False, log_to_driver=True)
+    yield
+    ray.shutdown()
+
+
+def _job():
+    spec = importlib.util.spec_from_file_location("train_job", ROOT / "jobs" / "train.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _state(run_dir: str) -> dict:
+    ckpt = latest_checkpoint(run_dir)
+    assert ckpt is not None, f"no checkpoint under {run_dir}"
+    return json.loads(Path(ckpt, STATE_FILE).read_text())
+
+
+def _tiny(**kw) -> TrainConfig:
+    base = dict(width=1 / 16, batch_size=2, global_batch=4, num_workers=2, bn_batches=2, data_cpus=0.5, log_every=1)
+    return TrainConfig(**{**base, **kw})
+
+
+def test_deconvnet_two_stages(ray_local, synth_voc, tmp_path):
+    out = str(tmp_path / "run")
+    cfg = _tiny(data=synth_voc, output=out, model="deconvnet", iterations=(24, 4), resize=232, crop=224, lr=0.05,
+                checkpoint_every=8, proposal_min_side=20, stage2_iou=0.5)
+    done = run_training(cfg)
+    assert list(done) == ["deconvnet-stage1", "deconvnet-stage2"]
+
+    # Stage 1: the training loss went down between the first and the last report.
+    s1 = _state(os.path.join(out, "deconvnet-stage1"))
+    assert s1["iteration"] == 24 and s1["starts"] == [0]
+    losses = [h["loss"] for h in s1["history"]]
+    assert [h["iteration"] for h in s1["history"]] == [8, 16, 24]
+    assert losses[-1] < losses[0], losses
+    assert all(0 <= h["val_mean_iou"] <= 1 and h["examples_per_s"] > 0 for h in s1["history"])
+
+    # Exported models load with the project's loader, with their provenance and classes.
+    model1, meta1 = load_checkpoint(done["deconvnet-stage1"])
+    assert (meta1.architecture, meta1.width, meta1.class_names) == ("deconvnet", 1 / 16, SYNTH_CLASSES)
+    assert meta1.provenance["iteration"] == 24 and meta1.provenance["stage"] == "deconvnet-stage1"
+    # BN running stats are population statistics (recomputed), not the initial 0 / 1.
+    bn = model1.fc6[1]
+    assert not torch.allclose(bn.running_var, torch.ones_like(bn.running_var))
+    assert torch.isfinite(bn.running_mean).all()
+
+    # The Ray checkpoint holds the model, the momentum buffers (safetensors) and JSON state.
+    ckpt = latest_checkpoint(os.path.join(out, "deconvnet-stage1"))
+    assert sorted(os.listdir(ckpt)) == sorted([MODEL_FILE, OPTIMIZER_FILE, STATE_FILE])
+    momentum = load_file(os.path.join(ckpt, OPTIMIZER_FILE))
+    assert set(momentum) == {n for n, p in model1.named_parameters() if p.requires_grad}
+    assert load_checkpoint(os.path.join(ckpt, MODEL_FILE))[1].architecture == "deconvnet"
+
+    # Stage 2 started from exactly stage 1's final weights (fingerprint before its first step).
+    s2 = _state(os.path.join(out, "deconvnet-stage2"))
+    assert s2["init_fingerprint"] == weights_fingerprint(model1)
+    assert s2["iteration"] == 4
+    model2, meta2 = load_checkpoint(done["deconvnet-stage2"])
+    assert weights_fingerprint(model2) != weights_fingerprint(model1)
+
+    # Proposals were computed once and cached; a re-run skips finished stages and reuses them.
+    cache = os.path.join(out, "proposals", "train.parquet")
+    table = pq.read_table(cache)
+    assert table.num_rows == 6 and table.column_names == ["image_id", "boxes", "scores"]
+    before = (os.stat(cache).st_mtime_ns, os.stat(done["deconvnet-stage2"]).st_mtime_ns)
+    assert run_training(cfg) == done
+    assert (os.stat(cache).st_mtime_ns, os.stat(done["deconvnet-stage2"]).st_mtime_ns) == before
+
+
+def test_fcn_chain_through_job(ray_local, synth_voc, tmp_path):
+    out = str(tmp_path / "fcn")
+    job = _job()
+    args = job.get_args_parser().parse_args([
+        "--data", synth_voc, "--output", out, "--model", "fcn", "--stages", "32,16,8", "--iterations", "2,2,2",
+        "--width", "0.0625", "--fcn-size", "64", "--batch-size", "2", "--global-batch", "4", "--num-workers", "2",
+        "--lr", "0.01", "--checkpoint-every", "2", "--bn-batches", "0", "--data-cpus", "0.5",
+    ])
+    done = job.main(args)
+    assert list(done) == ["fcn32s", "fcn16s", "fcn8s"]
+    models = {name: load_checkpoint(path)[0] for name, path in done.items()}
+    assert [m.stride for m in models.values()] == [32, 16, 8]
+    # Each finer net started from the coarser one's trained weights (FCN.init_from_coarser).
+    for coarse, fine in (("fcn32s", "fcn16s"), ("fcn16s", "fcn8s")):
+        expected = FCN(num_classes=len(SYNTH_CLASSES), stride=models[fine].stride, width=1 / 16)
+        expected.init_from_coarser(models[coarse])
+        assert _state(os.path.join(out, fine))["init_fingerprint"] == weights_fingerprint(expected)
+    x = torch.randn(1, 3, 70, 90)
+    assert models["fcn8s"](x).shape == (1, len(SYNTH_CLASSES), 70, 90)
+
+
+def test_interrupted_run_resumes_from_checkpoint(ray_local, synth_voc, tmp_path):
+    out = str(tmp_path / "resume")
+    cfg = _tiny(data=synth_voc, output=out, model="fcn", stages=("32",), iterations=(8,), fcn_size=64, lr=0.01,
+                checkpoint_every=3, crash_at=5, max_failures=0, bn_batches=0)
+    with pytest.raises(Exception, match="injected failure"):
+        run_training(cfg)
+    run_dir = os.path.join(out, "fcn32s")
+    assert _state(run_dir)["iteration"] == 3
+    assert not os.path.exists(os.path.join(out, "fcn32s.safetensors"))
+
+    # The same command again: continues at iteration 3 instead of starting over.
+    done = run_training(cfg)
+    state = _state(run_dir)
+    assert state["starts"] == [0, 3] and state["iteration"] == 8
+    assert [h["iteration"] for h in state["history"]] == [3, 6, 8]
+    assert load_checkpoint(done["fcn32s"])[1].provenance["iteration"] == 8
+
+
+def test_worker_failure_is_restarted_by_ray_train(ray_local, synth_voc, tmp_path):
+    out = str(tmp_path / "failure")
+    cfg = _tiny(data=synth_voc, output=out, model="fcn", stages=("32",), iterations=(4,), fcn_size=64, lr=0.01,
+                checkpoint_every=2, crash_at=3, max_failures=1, bn_batches=0, val_split=None)
+    done = run_training(cfg)  # one call: Ray Train restarts the workers from the iteration-2 checkpoint
+    state = _state(os.path.join(out, "fcn32s"))
+    assert state["starts"] == [0, 2] and state["iteration"] == 4
+    assert os.path.exists(os.path.join(out, "fcn32s", "crashed_at_3"))
+    assert load_checkpoint(done["fcn32s"])[1].provenance["iteration"] == 4
