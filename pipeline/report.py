@@ -91,8 +91,8 @@ def render_markdown(report: dict) -> str:
     if ckpts:
         out += ["", "Checkpoints: " + ", ".join(f"{k} `{v.get('checkpoint_id')}` ({v.get('path')})" for k, v in ckpts.items())]
     timings = report.get("timings", {})
-    if timings:
-        out += ["", "Timings: " + ", ".join(f"{k} {v:.1f} s" for k, v in timings.items() if isinstance(v, (int, float)))]
+    if timings.get("evaluate_s") is not None:
+        out += ["", f"Evaluated in {timings['evaluate_s']:.1f} s ({timings.get('images_per_s') or 0:.2f} images/s)."]
     return "\n".join(out) + "\n"
 
 

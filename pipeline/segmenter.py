@@ -136,23 +136,45 @@ class Segmenter:
 
     @torch.inference_mode()
     def predict(self, images: list[np.ndarray], boxes: list[np.ndarray]) -> list[np.ndarray]:
+        out = []
+        for parts, b in zip(self._parts(images, boxes), boxes):
+            if "deconvnet" in parts and "fcn" in parts:
+                # no proposal: DeconvNet's map is uniform, FCN decides alone
+                p = parts["fcn"] if len(b) == 0 else (parts["deconvnet"] + parts["fcn"]) / 2
+            else:
+                p = parts.get("deconvnet", parts.get("fcn"))
+            out.append(p.to(torch.float16).cpu().numpy())
+        return out
+
+    @torch.inference_mode()
+    def predict_parts(
+        self, images: list[np.ndarray], boxes: list[np.ndarray], prefixes: tuple[int, ...] = ()
+    ) -> list[dict[str, np.ndarray]]:
+        """Each model's float16 ``(C, H, W)`` probabilities per image, not ensembled.
+
+        Keys: ``"deconvnet"`` and/or ``"fcn"`` (whichever models are loaded), and
+        ``"deconvnet@K"`` for each K in ``prefixes``: DeconvNet aggregated over the
+        image's top K boxes only (the evaluation's proposal sweep).
+        """
+        parts = self._parts(images, boxes, prefixes)
+        return [{k: v.to(torch.float16).cpu().numpy() for k, v in d.items()} for d in parts]
+
+    def _parts(
+        self, images: list[np.ndarray], boxes: list[np.ndarray], prefixes: tuple[int, ...] = ()
+    ) -> list[dict[str, torch.Tensor]]:
         if len(images) != len(boxes):
             raise ValueError("one box array per image expected")
         tensors = [self._to_tensor(im) for im in images]
-        probs = [None] * len(images)
+        parts: list[dict[str, torch.Tensor]] = [{} for _ in images]
         if self.deconvnet is not None:
-            canvases = self._deconvnet_canvases(tensors, boxes)
-            probs = [torch.softmax(c, dim=0) for c in canvases]
+            runs = [("deconvnet", boxes)] + [(f"deconvnet@{k}", [np.asarray(b)[:k] for b in boxes]) for k in prefixes]
+            for key, run_boxes in runs:
+                for d, canvas in zip(parts, self._deconvnet_canvases(tensors, run_boxes)):
+                    d[key] = torch.softmax(canvas, dim=0)
         if self.fcn is not None:
-            for i, t in enumerate(tensors):
-                fcn_p = self._fcn_probs(t)
-                if probs[i] is None:
-                    probs[i] = fcn_p
-                elif len(boxes[i]) == 0:  # no proposal: DeconvNet's map is uniform, FCN decides alone
-                    probs[i] = fcn_p
-                else:
-                    probs[i] = (probs[i] + fcn_p) / 2
-        return [p.to(torch.float16).cpu().numpy() for p in probs]
+            for d, t in zip(parts, tensors):
+                d["fcn"] = self._fcn_probs(t)
+        return parts
 
     def _to_tensor(self, image: np.ndarray) -> torch.Tensor:
         """RGB uint8 ``(H, W, 3)`` -> float ``(3, H, W)`` in [0, 1] on the device (uint8 crosses the bus)."""

@@ -1,0 +1,95 @@
+"""Evaluate checkpoints on a labelled set and flag regressions against a baseline report.
+
+::
+
+    ray job submit --working-dir . -- python jobs/evaluate.py \\
+        --data s3://bucket/VOC2012 --split val \\
+        --checkpoint deconvnet.safetensors --fcn-checkpoint fcn8s.safetensors \\
+        --output s3://bucket/reports/2026-11-22 --baseline s3://bucket/reports/2026-11-21/report.json
+
+Writes ``report.json``, ``report.md`` (paper Table 1 layout) and ``per_class_iou.png``
+(and ``proposals_curve.png`` with ``--proposals``) under ``--output``. Exit codes:
+0 fine, 3 quality regressed against ``--baseline``, 4 baseline is of other data,
+2 bad arguments.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+if __package__ in (None, ""):  # `python jobs/evaluate.py`: make the project importable
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from pipeline.cli_args import (  # noqa: E402
+    add_crf_args,
+    add_inference_args,
+    add_proposal_args,
+    crf_config,
+    inference_config,
+    proposal_config,
+)
+from pipeline.evaluation import VARIANTS, EvalConfig  # noqa: E402
+from pipeline.regression import EXIT_MISMATCH, EXIT_OK, ReportMismatch  # noqa: E402
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--data", required=True, help="VOC root (or URL), or a folder with images/ + masks/")
+    p.add_argument("--split", default="val", help="image set: VOC ImageSets/Segmentation/<split>.txt, or <split>.txt beside images/")
+    p.add_argument("--checkpoint", default=None, help="DeconvNet checkpoint (.safetensors, path or URL)")
+    p.add_argument("--fcn-checkpoint", default=None, help="FCN-8s checkpoint (.safetensors, path or URL)")
+    p.add_argument("--output", required=True, help="report folder (path or URL)")
+    p.add_argument("--variants", default=",".join(VARIANTS), help=f"comma-separated, from {', '.join(VARIANTS)}")
+    p.add_argument("--proposals", default="", help="proposal-count sweep, e.g. 5,10,25,50 (mean IoU against proposals)")
+    p.add_argument("--baseline", default=None, help="previous report.json to compare with")
+    p.add_argument("--miou-drop", type=float, default=0.5, help="mean IoU drop (points) that counts as a regression")
+    p.add_argument("--class-drop", type=float, default=2.0, help="per-class IoU drop (points) that counts as a regression")
+    p.add_argument("--force-compare", action="store_true", help="compare with a baseline of other data anyway")
+    p.add_argument("--max-images", type=int, default=None, help="evaluate only the first N images of the split")
+    add_proposal_args(p)
+    add_inference_args(p)
+    add_crf_args(p)
+    return p
+
+
+def config_from_args(args: argparse.Namespace) -> EvalConfig:
+    return EvalConfig(
+        data=args.data,
+        split=args.split,
+        checkpoint=args.checkpoint,
+        fcn_checkpoint=args.fcn_checkpoint,
+        variants=tuple(v.strip() for v in args.variants.split(",") if v.strip()),
+        proposal_sweep=tuple(int(k) for k in args.proposals.split(",") if k.strip()),
+        max_images=args.max_images,
+        max_pixels=args.max_pixels,
+        proposals=proposal_config(args),
+        inference=inference_config(args),
+        crf=crf_config(args),
+        batch_size=args.batch_size,
+    )
+
+
+def main(args: argparse.Namespace) -> int:
+    from pipeline.evaluation import run_evaluation
+
+    try:
+        cfg = config_from_args(args)
+        result = run_evaluation(
+            cfg, output=args.output, baseline=args.baseline, miou_drop=args.miou_drop / 100,
+            class_drop=args.class_drop / 100, force=args.force_compare,
+        )
+    except ReportMismatch as exc:
+        print(f"evaluate: refused: {exc}", file=sys.stderr)
+        return EXIT_MISMATCH
+    except (ValueError, FileNotFoundError, PermissionError) as exc:
+        print(f"evaluate: error: {exc}", file=sys.stderr)
+        return 2
+    for line in result["lines"]:
+        print(line)
+    return result.get("exit_code", EXIT_OK)
+
+
+if __name__ == "__main__":
+    sys.exit(main(get_args_parser().parse_args()))

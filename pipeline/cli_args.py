@@ -1,0 +1,57 @@
+"""Command-line options shared by the jobs that run the models (segment, evaluate).
+
+Each ``add_*`` puts one group of options on a parser; the matching ``*_config``
+turns the parsed namespace into that concern's dataclass.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from pipeline.proposals import ProposalConfig
+from pipeline.segment_config import CRFConfig
+from pipeline.segmenter import InferenceConfig
+
+
+def add_proposal_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("proposals (EdgeBoxes)")
+    g.add_argument("--top-k", type=int, default=50, help="proposals per image")
+    g.add_argument("--min-side", type=float, default=112.0, help="skip proposals shorter than this (px at a 500 px image)")
+    g.add_argument("--enlarge", type=float, default=1.2, help="proposal enlargement factor")
+    g.add_argument("--edge-model", default=None, help="OpenCV structured-edge model.yml.gz (path or URL); default: gradient edges")
+    g.add_argument("--no-proposal-fallback", action="store_true",
+                   help="an image without proposals gets FCN alone instead of the whole image as one box")
+
+
+def proposal_config(args: argparse.Namespace) -> ProposalConfig:
+    return ProposalConfig(
+        top_k=args.top_k,
+        min_side=args.min_side,
+        enlarge=args.enlarge,
+        edge_model=args.edge_model,
+        fallback="none" if args.no_proposal_fallback else "image",
+    )
+
+
+def add_inference_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("model stage")
+    g.add_argument("--batch-size", type=int, default=4, help="images per model-actor call")
+    g.add_argument("--micro-batch", type=int, default=32, help="crops per DeconvNet forward pass")
+    g.add_argument("--precision", default="bf16", choices=["bf16", "fp16", "fp32"], help="autocast dtype on GPU")
+    g.add_argument("--device", default=None, help="model device (default: cuda when available)")
+    g.add_argument("--max-pixels", type=int, default=40_000_000, help="larger images become error rows")
+
+
+def inference_config(args: argparse.Namespace, ensemble: str = "mean") -> InferenceConfig:
+    return InferenceConfig(ensemble=ensemble, micro_batch=args.micro_batch, precision=args.precision, device=args.device)
+
+
+def add_crf_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("dense CRF")
+    g.add_argument("--crf-iterations", type=int, default=10)
+    g.add_argument("--crf-prune-threshold", type=float, default=0.01,
+                   help="drop classes whose probability never reaches this (and that win no pixel) before the CRF")
+
+
+def crf_config(args: argparse.Namespace, enabled: bool = True) -> CRFConfig:
+    return CRFConfig(enabled=enabled, iterations=args.crf_iterations, prune_threshold=args.crf_prune_threshold)

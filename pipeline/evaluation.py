@@ -1,0 +1,313 @@
+"""Evaluation of segmentation variants on a labelled set, as one Ray Data chain.
+
+::
+
+    labelled rows -> read_bytes -> decode_images -> ProposalStage     (the segmentation job's stages)
+      -> VariantProbs: DeconvNet and FCN probabilities, computed once  model actors
+      -> ScoreVariants: every variant's labels from those two maps     CPU actors
+         (argmax, mean ensemble, CRF), per-batch confusion matrices
+    -> driver sums the partial matrices as they stream in (no mask ever reaches it)
+
+Variants (paper Table 1 names): ``fcn`` (FCN-8s alone), ``deconvnet``,
+``deconvnet+crf``, ``edeconvnet`` (mean of DeconvNet and FCN-8s probabilities),
+``edeconvnet+crf``. The two models run once per image whatever the variants; CRF
+variants reuse the same probabilities. A proposal sweep adds ``deconvnet@K`` and
+``edeconvnet@K`` variants that use only the top K proposals.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from pipeline.metrics import ConfusionMatrix
+from pipeline.proposals import ProposalConfig
+from pipeline.segment_config import CRFConfig
+from pipeline.segmenter import InferenceConfig
+
+VARIANTS = ("deconvnet", "deconvnet+crf", "edeconvnet", "edeconvnet+crf", "fcn")
+
+
+@dataclass
+class EvalConfig:
+    data: str  # VOC root / URL, or a folder with images/ + masks/
+    split: str = "val"
+    checkpoint: str | None = None  # DeconvNet checkpoint (needed by deconvnet* and edeconvnet* variants)
+    fcn_checkpoint: str | None = None  # FCN-8s checkpoint (needed by fcn and edeconvnet* variants)
+    variants: tuple[str, ...] = VARIANTS
+    proposal_sweep: tuple[int, ...] = ()  # e.g. (5, 10, 25, 50): mean IoU against proposals per image
+    max_images: int | None = None  # evaluate only the first N images of the split (quick checks)
+    max_pixels: int = 40_000_000
+    proposals: ProposalConfig = field(default_factory=ProposalConfig)
+    inference: InferenceConfig = field(default_factory=InferenceConfig)
+    crf: CRFConfig = field(default_factory=CRFConfig)
+    batch_size: int = 4  # images per model-actor call
+
+    def needs(self) -> tuple[bool, bool]:
+        """(needs DeconvNet, needs FCN) for the requested variants."""
+        names = set(self.variants) | ({"deconvnet"} if self.proposal_sweep else set())
+        deconv = any(v.startswith(("deconvnet", "edeconvnet")) for v in names)
+        fcn = any(v.startswith(("fcn", "edeconvnet")) for v in names)
+        return deconv, fcn
+
+    def validate(self) -> None:
+        unknown = [v for v in self.variants if v not in VARIANTS]
+        if unknown or not self.variants:
+            raise ValueError(f"unknown variants {unknown}; choose from {', '.join(VARIANTS)}")
+        deconv, fcn = self.needs()
+        if deconv and not self.checkpoint:
+            raise ValueError("the requested variants need --checkpoint (a DeconvNet checkpoint)")
+        if fcn and not self.fcn_checkpoint:
+            raise ValueError("the requested variants need --fcn-checkpoint (an FCN-8s checkpoint)")
+        if any(k < 1 for k in self.proposal_sweep):
+            raise ValueError("--proposals values must be >= 1")
+
+    def all_variants(self) -> list[str]:
+        """Requested variants, then the sweep's ``deconvnet@K`` (and ``edeconvnet@K`` with an ensemble)."""
+        bases = ["deconvnet"] + (["edeconvnet"] if any(v.startswith("edeconvnet") for v in self.variants) else [])
+        return list(self.variants) + [f"{b}@{k}" for k in self.proposal_sweep for b in bases]
+
+
+def _objects(values: list) -> np.ndarray:
+    column = np.empty(len(values), dtype=object)
+    column[:] = values
+    return column
+
+
+class VariantProbs:
+    """Model stage: adds ``deconvnet`` / ``fcn`` probability maps (and ``deconvnet@K``).
+
+    Args:
+        checkpoint, fcn_checkpoint: the models (either may be None if not needed).
+        cfg: inference settings (micro-batch, precision, device).
+        sweep: proposal counts K for ``deconvnet@K`` maps.
+    """
+
+    def __init__(
+        self, checkpoint: str | None, fcn_checkpoint: str | None, cfg: InferenceConfig, sweep: tuple[int, ...] = ()
+    ) -> None:
+        from pipeline.segmenter import Segmenter
+
+        ensemble = "mean" if checkpoint and fcn_checkpoint else ("deconvnet" if checkpoint else "fcn")
+        self.seg = Segmenter(checkpoint, fcn_checkpoint, dataclasses.replace(cfg, ensemble=ensemble))
+        self.sweep = tuple(sweep)
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        status = [str(s) for s in batch["status"]]
+        errors = [str(e) for e in batch["error"]]
+        parts: list[dict] = [{} for _ in status]
+        for i in [i for i, s in enumerate(status) if s == "ok"]:
+            try:
+                boxes = batch["boxes"][i]
+                parts[i] = self.seg.predict_parts([batch["image"][i]], [boxes], prefixes=self.sweep)[0]
+                parts[i]["n_boxes"] = len(boxes)
+            except Exception as exc:
+                status[i], errors[i] = type(exc).__name__, f"model stage: {exc}"
+        out = {k: v for k, v in batch.items() if k not in ("boxes", "box_scores")}
+        out.update(status=np.array(status, dtype=object), error=np.array(errors, dtype=object), parts=_objects(parts))
+        return out
+
+
+def variant_labels(name: str, parts: dict[str, np.ndarray], image: np.ndarray, crf_cfg: CRFConfig) -> np.ndarray:
+    """Labels ``(H, W)`` of one variant from the model stage's probability maps."""
+    from pipeline.crf import dense_crf
+
+    base, _, k = name.partition("@")
+    crf = base.endswith("+crf")
+    base = base.removesuffix("+crf")
+    deconv = parts.get(f"deconvnet@{k}" if k else "deconvnet")
+    if base == "fcn":
+        probs = parts["fcn"]
+    elif base == "deconvnet":
+        probs = deconv
+    elif base == "edeconvnet":
+        # as the segmentation job: without any proposal, DeconvNet's map is uniform and FCN decides
+        probs = parts["fcn"] if parts["n_boxes"] == 0 else (deconv.astype(np.float32) + parts["fcn"].astype(np.float32)) / 2
+    else:
+        raise ValueError(f"unknown variant {name!r}")
+    if crf:
+        return dense_crf(image, probs, crf_cfg)
+    return np.asarray(probs).argmax(axis=0).astype(np.uint8)
+
+
+class ScoreVariants:
+    """Scoring stage: one output row per variant per batch with its partial confusion matrix.
+
+    Also one row (variant ``""``) carrying the batch's per-image errors, so the
+    driver can report which images could not be evaluated.
+
+    Args:
+        variants: variant names (with ``@K`` sweep variants).
+        num_classes: classes of the models and labels.
+        crf: CRF settings for ``+crf`` variants.
+    """
+
+    def __init__(self, variants: list[str], num_classes: int, crf: CRFConfig) -> None:
+        self.variants = list(variants)
+        self.num_classes = num_classes
+        self.crf = crf
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        from pipeline.voc import decode_label, read_bytes
+
+        mats = {v: ConfusionMatrix(self.num_classes) for v in self.variants}
+        failed, scored = [], 0
+        for i, image_id in enumerate(batch["image_id"]):
+            status, error = str(batch["status"][i]), str(batch["error"][i])
+            if status == "ok":
+                try:
+                    label = decode_label(read_bytes(str(batch["label_path"][i])))
+                    image = batch["image"][i]
+                    if label.shape != image.shape[:2]:
+                        raise ValueError(f"label is {label.shape}, image is {image.shape[:2]}")
+                    preds = {v: variant_labels(v, batch["parts"][i], image, self.crf) for v in self.variants}
+                    for v, pred in preds.items():
+                        mats[v].update(pred, label)
+                    scored += 1
+                    continue
+                except Exception as exc:
+                    status, error = type(exc).__name__, f"scoring: {exc}"
+            failed.append(f"{image_id}\t{status}\t{error}")
+        names = self.variants + [""]
+        return {
+            "variant": np.array(names, dtype=object),
+            "matrix": _objects([mats[v].mat.reshape(-1) for v in self.variants] + [np.zeros(0, np.int64)]),
+            "scored": np.array([scored] * len(self.variants) + [0], dtype=np.int64),
+            "failed": _objects([[] for _ in self.variants] + [failed]),
+        }
+
+
+def evaluate(cfg: EvalConfig, *, num_classes: int, rows: list[dict]) -> dict:
+    """Run the chain over ``rows`` ({image_id, path, label_path}); return summed metrics per variant."""
+    import ray
+
+    from pipeline.decode import decode_images, read_bytes
+    from pipeline.proposal_stage import ProposalStage
+    from pipeline.segment import stage_resources
+    from pipeline.segment_config import SegmentConfig
+
+    if not ray.is_initialized():
+        ray.init()
+    res = stage_resources(SegmentConfig(input="", output="", checkpoint=""), ray.cluster_resources())
+    share = res.cpu_share
+    variants = cfg.all_variants()
+    items = [{**r, "status": "ok", "error": ""} for r in rows]
+    start = time.time()
+    ds = (
+        ray.data.from_items(items, override_num_blocks=max(1, min(len(items), 16)))
+        .map_batches(read_bytes, batch_size=8, batch_format="numpy", num_cpus=share)
+        .map_batches(decode_images, fn_kwargs={"max_pixels": cfg.max_pixels}, batch_size=8, batch_format="numpy", num_cpus=share)
+        .map_batches(
+            ProposalStage, fn_constructor_kwargs={"cfg": cfg.proposals}, batch_size=1, batch_format="numpy",
+            num_cpus=share, concurrency=(1, res.proposal_actors),
+        )
+        .map_batches(
+            VariantProbs,
+            fn_constructor_kwargs={
+                "checkpoint": cfg.checkpoint if cfg.needs()[0] else None,
+                "fcn_checkpoint": cfg.fcn_checkpoint if cfg.needs()[1] else None,
+                "cfg": cfg.inference,
+                "sweep": cfg.proposal_sweep,
+            },
+            batch_size=cfg.batch_size, batch_format="numpy",
+            num_cpus=share if res.model_gpus == 0 else 1, num_gpus=res.model_gpus, concurrency=res.model_actors,
+        )
+        .map_batches(
+            ScoreVariants, fn_constructor_kwargs={"variants": variants, "num_classes": num_classes, "crf": cfg.crf},
+            batch_size=4, batch_format="numpy", num_cpus=share, concurrency=(1, res.crf_actors),
+        )
+    )
+    totals = {v: ConfusionMatrix(num_classes) for v in variants}
+    scored, failed = 0, []
+    for batch in ds.iter_batches(batch_size=64, batch_format="numpy"):
+        for variant, mat, n, errs in zip(batch["variant"], batch["matrix"], batch["scored"], batch["failed"]):
+            if variant == "":
+                failed += [str(e) for e in errs]
+                continue
+            totals[str(variant)].merge(np.asarray(mat, np.int64).reshape(num_classes, num_classes))
+            if variant == variants[0]:
+                scored += int(n)
+    seconds = time.time() - start
+    return {
+        "metrics": {v: cm.compute() for v, cm in totals.items()},
+        "matrices": {v: cm.mat.tolist() for v, cm in totals.items()},
+        "scored": scored,
+        "failed": failed,
+        "seconds": seconds,
+    }
+
+
+
+def run_evaluation(
+    cfg: EvalConfig,
+    *,
+    output: str,
+    baseline: str | None = None,
+    miou_drop: float = 0.005,
+    class_drop: float = 0.02,
+    force: bool = False,
+) -> dict:
+    """The whole evaluation job: checks, the Ray chain, the report, the baseline comparison.
+
+    Every check that can fail on a bad argument (variants, checkpoints, data layout,
+    baseline of other data) runs before any work. Returns ``{"report", "paths",
+    "lines", "exit_code"}``.
+    """
+    from models import read_checkpoint_meta
+    from pipeline.labelled import open_labelled_set
+    from pipeline.regression import EXIT_OK, check_comparable, compare_reports
+    from pipeline.report import read_report, variant_entry, write_report
+
+    cfg.validate()
+    data = open_labelled_set(cfg.data, cfg.split)
+    rows = data.rows[: cfg.max_images] if cfg.max_images else data.rows
+    checkpoints = {}
+    for key, path in (("deconvnet", cfg.checkpoint), ("fcn", cfg.fcn_checkpoint)):
+        if path and cfg.needs()[key == "fcn"]:
+            meta = read_checkpoint_meta(path)
+            if meta.num_classes != len(data.class_names):
+                raise ValueError(
+                    f"{path} predicts {meta.num_classes} classes but {cfg.data} has {len(data.class_names)} ({data.class_names})"
+                )
+            checkpoints[key] = {"path": path, "checkpoint_id": meta.checkpoint_id, "architecture": meta.architecture}
+    fingerprint = data.fingerprint() + (f"-first{cfg.max_images}" if cfg.max_images else "")
+    dataset = {"data": cfg.data, "split": cfg.split, "layout": data.layout, "fingerprint": fingerprint, "images": len(rows)}
+    base = None
+    if baseline:
+        base = read_report(baseline)
+        if not force:
+            check_comparable({"dataset": dataset, "class_names": data.class_names}, base)
+
+    result = evaluate(cfg, num_classes=len(data.class_names), rows=rows)
+    metrics = result["metrics"]
+    report = {
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "dataset": {**dataset, "scored": result["scored"], "failed": len(result["failed"])},
+        "class_names": data.class_names,
+        "variants": {v: variant_entry(metrics[v], data.class_names) for v in cfg.variants},
+        "checkpoints": checkpoints,
+        "config": dataclasses.asdict(cfg),
+        "timings": {"evaluate_s": result["seconds"], "images_per_s": result["scored"] / max(result["seconds"], 1e-9)},
+        "confusion_matrices": {v: result["matrices"][v] for v in cfg.variants},
+        "failed_images": result["failed"][:1000],
+    }
+    if cfg.proposal_sweep:
+        sweep: dict[str, dict[str, float]] = {}
+        for name in cfg.all_variants():
+            if "@" in name:
+                base_name, k = name.split("@")
+                sweep.setdefault(base_name, {})[k] = metrics[name]["mean_iou"]
+        report["proposal_sweep"] = sweep
+    lines = [f"{v:<18} mean IoU {100 * report['variants'][v]['mean_iou']:.2f}" for v in cfg.variants]
+    exit_code = EXIT_OK
+    if base is not None:
+        cmp = compare_reports(report, base, miou_drop=miou_drop, class_drop=class_drop, force=True)
+        report["comparison"] = {"baseline": baseline, "deltas": cmp.deltas, "regressions": cmp.regressions}
+        lines = cmp.lines + [f"REGRESSION {r}" for r in cmp.regressions]
+        exit_code = cmp.exit_code
+    paths = write_report(report, output)
+    lines.append(f"{result['scored']} images scored, {len(result['failed'])} failed, {result['seconds']:.1f} s; report: {paths['markdown']}")
+    return {"report": report, "paths": paths, "lines": lines, "exit_code": exit_code}

@@ -1,0 +1,95 @@
+"""Labelled sets for evaluation: a VOC layout, or an ``images/`` + ``masks/`` pair.
+
+- VOC 2012 layout (``JPEGImages/``, ``SegmentationClass/``,
+  ``ImageSets/Segmentation/<split>.txt``, optional ``classes.txt``).
+- ``images/`` and ``masks/`` folders side by side: every image under ``images/``
+  (any depth) has a label PNG at the same relative path with ``.png`` under
+  ``masks/``; ``<split>.txt`` beside them (relative paths without extension) picks a
+  subset, else every image is used. Optional ``classes.txt``.
+
+Masks are index PNGs (palette or greyscale), 255 = ignore. Paths may be local or any
+fsspec URL.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import posixpath
+from dataclasses import dataclass
+
+import fsspec
+
+from pipeline.voc import exists, join, read_bytes, read_class_names, read_split
+
+IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
+
+
+@dataclass
+class LabelledSet:
+    root: str
+    split: str
+    layout: str  # "voc" or "folders"
+    class_names: list[str]
+    rows: list[dict]  # {"image_id", "path", "label_path"}
+
+    def fingerprint(self) -> str:
+        """Identity of the evaluation data: split, class names, ids and label file sizes.
+
+        Cheap (one listing, no label reads) and changes when images are added or
+        removed or a label file is rewritten with another size.
+        """
+        h = hashlib.sha256()
+        h.update(f"{self.split}\n{','.join(self.class_names)}\n".encode())
+        fs, _ = fsspec.core.url_to_fs(self.root)
+        for row in sorted(self.rows, key=lambda r: r["image_id"]):
+            _, p = fsspec.core.url_to_fs(row["label_path"])
+            h.update(f"{row['image_id']}\t{fs.size(p)}\n".encode())
+        return h.hexdigest()[:16]
+
+
+def open_labelled_set(root: str, split: str = "val") -> LabelledSet:
+    """Find the layout under ``root`` and list the (image, label) pairs of ``split``."""
+    root = root.rstrip("/")
+    if exists(join(root, "JPEGImages")) and exists(join(root, "SegmentationClass")):
+        ids = read_split(root, split)
+        rows = [
+            {
+                "image_id": f"{i}.jpg",
+                "path": join(root, "JPEGImages", f"{i}.jpg"),
+                "label_path": join(root, "SegmentationClass", f"{i}.png"),
+            }
+            for i in ids
+        ]
+        layout = "voc"
+    elif exists(join(root, "images")) and exists(join(root, "masks")):
+        rows = _folder_rows(root, split)
+        layout = "folders"
+    else:
+        raise FileNotFoundError(
+            f"{root} is neither a VOC layout (JPEGImages/ + SegmentationClass/) nor images/ + masks/ folders"
+        )
+    if not rows:
+        raise ValueError(f"no labelled images in {root} (split {split!r})")
+    return LabelledSet(root, split, layout, read_class_names(root), rows)
+
+
+def _folder_rows(root: str, split: str) -> list[dict]:
+    fs, images = fsspec.core.url_to_fs(join(root, "images"))
+    found = {}
+    for p in fs.find(images):
+        rel = posixpath.relpath(p, images)
+        stem, ext = posixpath.splitext(rel)
+        if ext.lower() in IMAGE_EXTS:
+            found[stem] = (rel, fs.unstrip_protocol(p) if "://" in root else p)
+    split_file = join(root, f"{split}.txt")
+    if exists(split_file):
+        wanted = [line.strip() for line in read_bytes(split_file).decode().splitlines() if line.strip()]
+        missing = [s for s in wanted if s not in found]
+        if missing:
+            raise FileNotFoundError(f"{split_file} lists images not under images/: {missing[:5]}")
+        stems = wanted
+    else:
+        stems = sorted(found)
+    return [
+        {"image_id": found[s][0], "path": found[s][1], "label_path": join(root, "masks", f"{s}.png")} for s in stems
+    ]

@@ -1,0 +1,123 @@
+"""Evaluation job end to end on a generated labelled set, with a real local Ray."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import ray
+import torch
+from PIL import Image
+
+from models import FCN, DeconvNet, save_checkpoint
+from pipeline.labelled import open_labelled_set
+from pipeline.metrics import ConfusionMatrix
+from pipeline.proposals import ProposalConfig, ProposalGenerator
+from pipeline.regression import EXIT_MISMATCH, EXIT_OK, EXIT_REGRESSION
+from pipeline.segmenter import InferenceConfig, Segmenter
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "jobs"))
+import evaluate as evaluate_job  # noqa: E402
+
+NUM_CLASSES = 6  # synthvoc: background + 5 shapes
+
+
+@pytest.fixture(scope="module", autouse=True)
+def local_ray():
+    started = not ray.is_initialized()
+    if started:
+        ray.init(address="local", num_cpus=4, include_dashboard=False)
+    yield
+    if started:
+        ray.shutdown()
+
+
+def _checkpoints(folder: Path, favourite: int, tag: str) -> tuple[str, str]:
+    """Tiny models whose score bias makes them predict ``favourite`` almost everywhere,
+    with random input-dependent weights on top: a model biased to the background is
+    decent on this data, one biased to an absent class is deliberately worse."""
+    torch.manual_seed(favourite)
+    deconv, fcn = DeconvNet(num_classes=NUM_CLASSES, width=1 / 16), FCN(num_classes=NUM_CLASSES, stride=8, width=1 / 16)
+    with torch.no_grad():
+        for layer in (deconv.score, fcn.score_fr):
+            layer.weight.normal_(0.0, 0.3)
+            layer.bias.zero_()
+            layer.bias[favourite] = 4.0
+    paths = str(folder / f"deconvnet-{tag}.safetensors"), str(folder / f"fcn8s-{tag}.safetensors")
+    save_checkpoint(deconv, paths[0])
+    save_checkpoint(fcn, paths[1])
+    return paths
+
+
+def _args(data, ckpts, out, *extra):
+    return evaluate_job.get_args_parser().parse_args(
+        ["--data", data, "--checkpoint", ckpts[0], "--fcn-checkpoint", ckpts[1], "--output", str(out),
+         "--top-k", "3", "--micro-batch", "4", "--device", "cpu", "--crf-iterations", "3", *extra]
+    )
+
+
+def test_end_to_end_report_with_all_variants_and_sweep(synth_voc, tmp_path):
+    ckpts = _checkpoints(tmp_path, favourite=0, tag="good")
+    out = tmp_path / "report"
+    assert evaluate_job.main(_args(synth_voc, ckpts, out, "--proposals", "1,3")) == EXIT_OK
+    for name in ("report.json", "report.md", "per_class_iou.png", "proposals_curve.png"):
+        assert (out / name).stat().st_size > 0, name
+    report = json.loads((out / "report.json").read_text())
+    assert list(report["variants"]) == ["deconvnet", "deconvnet+crf", "edeconvnet", "edeconvnet+crf", "fcn"]
+    assert set(report["proposal_sweep"]) == {"deconvnet", "edeconvnet"}
+    assert set(report["proposal_sweep"]["deconvnet"]) == {"1", "3"}
+    data = open_labelled_set(synth_voc, "val")
+    labels = [np.asarray(Image.open(r["label_path"])) for r in data.rows]
+    scored_pixels = sum(int((lab != 255).sum()) for lab in labels)
+    assert report["dataset"]["images"] == 3 and report["dataset"]["scored"] == 3
+    for variant, entry in report["variants"].items():
+        assert entry["pixels"] == scored_pixels, variant  # every labelled pixel counted once
+        assert 0 <= entry["mean_iou"] <= 1
+    # The distributed confusion matrix equals one computed in-process, image by image.
+    seg = Segmenter(None, ckpts[1], InferenceConfig(ensemble="fcn", device="cpu"))
+    cm = ConfusionMatrix(NUM_CLASSES)
+    for row, lab in zip(data.rows, labels):
+        image = np.asarray(Image.open(row["path"]).convert("RGB"))
+        cm.update(seg.predict([image], [np.zeros((0, 4), np.float32)])[0].argmax(0), lab)
+    assert report["confusion_matrices"]["fcn"] == cm.mat.tolist()
+    # DeconvNet alone, recomputed in-process with the same proposals.
+    seg_d = Segmenter(ckpts[0], None, InferenceConfig(ensemble="deconvnet", micro_batch=4, device="cpu"))
+    gen = ProposalGenerator(ProposalConfig(top_k=3))
+    cm_d = ConfusionMatrix(NUM_CLASSES)
+    for row, lab in zip(data.rows, labels):
+        image = np.asarray(Image.open(row["path"]).convert("RGB"))
+        cm_d.update(seg_d.predict([image], [gen(image)[0]])[0].argmax(0), lab)
+    assert report["confusion_matrices"]["deconvnet"] == cm_d.mat.tolist()
+    md = (out / "report.md").read_text()
+    assert "| method | bkg | disc | box | triangle | ring | cross | mean |" in md
+
+
+def test_baseline_comparison_exit_codes(synth_voc, tmp_path, capsys):
+    good = _checkpoints(tmp_path, favourite=0, tag="good")
+    worse = _checkpoints(tmp_path, favourite=5, tag="worse")
+    quick = ("--variants", "deconvnet,fcn")
+    assert evaluate_job.main(_args(synth_voc, good, tmp_path / "base", *quick)) == EXIT_OK
+    baseline = str(tmp_path / "base" / "report.json")
+    assert evaluate_job.main(_args(synth_voc, good, tmp_path / "same", *quick, "--baseline", baseline)) == EXIT_OK
+    assert evaluate_job.main(_args(synth_voc, worse, tmp_path / "worse", *quick, "--baseline", baseline)) == EXIT_REGRESSION
+    printed = capsys.readouterr().out
+    assert "REGRESSION deconvnet: mean IoU" in printed
+    worse_report = json.loads((tmp_path / "worse" / "report.json").read_text())
+    assert worse_report["comparison"]["regressions"]
+    # Another split is other data: refused before any work, unless forced.
+    other = _args(synth_voc, good, tmp_path / "other", *quick, "--split", "train", "--max-images", "2", "--baseline", baseline)
+    assert evaluate_job.main(other) == EXIT_MISMATCH
+    assert not (tmp_path / "other" / "report.json").exists()
+
+
+def test_bad_arguments_fail_before_work(synth_voc, tmp_path):
+    ckpts = _checkpoints(tmp_path, favourite=0, tag="good")
+    assert evaluate_job.main(_args(synth_voc, ckpts, tmp_path / "x", "--variants", "deconvnet,bogus")) == 2
+    assert evaluate_job.main(_args(str(tmp_path / "nowhere"), ckpts, tmp_path / "x")) == 2
+    args = _args(synth_voc, ckpts, tmp_path / "x")
+    args.fcn_checkpoint = None
+    assert evaluate_job.main(args) == 2  # edeconvnet variants need the FCN
+    assert not (tmp_path / "x").exists()
