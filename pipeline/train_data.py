@@ -32,6 +32,10 @@ from pipeline.voc import exists, join, read_bytes, read_split
 
 COLUMNS = ["image", "label"]  # what reaches the trainer
 _IDS_PER_TASK = 4  # images per example-construction batch
+# A training "epoch" lists at least this many images (small sets are repeated, each
+# repeat with its own random crops): every epoch restarts the streaming split, which
+# costs more than a few images, and training is counted in iterations anyway.
+MIN_EPOCH_IMAGES = 64
 
 
 def _ids_dataset(rows: list[dict], cfg: TrainConfig) -> ray.data.Dataset:
@@ -86,6 +90,7 @@ def train_dataset(cfg: TrainConfig, stage: Stage) -> ray.data.Dataset:
         rows = [{"image_id": r["image_id"], "boxes": np.asarray(r["boxes"], np.float32)} for r in rows]
     else:
         rows = [{"image_id": i} for i in read_split(cfg.data, cfg.train_split)]
+    rows = rows * max(1, -(-MIN_EPOCH_IMAGES // max(len(rows), 1)))
     random.Random(0).shuffle(rows)  # spread images over blocks; blocks are re-ordered every epoch
     ds = _ids_dataset(rows, cfg).randomize_block_order()
     if stage.examples == "instances":
