@@ -55,6 +55,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--precision", default="bf16", choices=["bf16", "fp16", "fp32"], help="autocast dtype on GPU")
     p.add_argument("--device", default=None, help="model device (default: cuda when available)")
     p.add_argument("--model-actors", type=int, default=None, help="default: one per GPU, or 1")
+    p.add_argument("--model-gpus", type=float, default=None,
+                   help="GPUs per model actor (default: 1 if the cluster has GPUs when the job starts, else 0)")
     p.add_argument("--proposal-actors", type=int, default=None, help="default: from the cluster's CPUs")
     p.add_argument("--crf-actors", type=int, default=None, help="default: from the cluster's CPUs")
     p.add_argument("--write-batch-size", type=int, default=64, help="rows per Parquet part file")
@@ -88,6 +90,7 @@ def config_from_args(args: argparse.Namespace) -> SegmentConfig:
         batch_size=args.batch_size,
         write_batch_size=args.write_batch_size,
         model_actors=args.model_actors,
+        model_gpus=args.model_gpus,
         proposal_actors=args.proposal_actors,
         crf_actors=args.crf_actors,
     )

@@ -114,12 +114,14 @@ def stage_resources(cfg: SegmentConfig, resources: dict[str, float]) -> StageRes
     """
     cpus = max(float(resources.get("CPU", 1.0)), 1.0)
     gpus = int(resources.get("GPU", 0.0))
+    # An autoscaling cluster may have no GPU node yet: --model-gpus 1 asks for them anyway.
+    model_gpus = cfg.model_gpus if cfg.model_gpus is not None else (1.0 if gpus else 0.0)
     share = min(1.0, cpus / 8)
     model_actors = cfg.model_actors or max(gpus, 1)
-    budget = max(int(0.6 * cpus / share) - (0 if gpus else model_actors), 2)
+    budget = max(int(0.6 * cpus / share) - (0 if model_gpus else model_actors), 2)
     proposal_actors = cfg.proposal_actors or max(1, budget // 2)
     crf_actors = cfg.crf_actors or max(1, budget - budget // 2)
-    return StageResources(share, model_actors, 1.0 if gpus else 0.0, proposal_actors, crf_actors)
+    return StageResources(share, model_actors, model_gpus, proposal_actors, crf_actors)
 
 
 def build_dataset(cfg: SegmentConfig, plan: Plan, res: StageResources):

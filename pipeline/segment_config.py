@@ -53,6 +53,7 @@ class SegmentConfig:
     batch_size: int = 4  # images per model-actor call; their crops share DeconvNet micro-batches
     write_batch_size: int = 64  # rows per Parquet part file
     model_actors: int | None = None  # None: one per GPU, or 1 CPU actor without GPUs
+    model_gpus: float | None = None  # GPUs per model actor; None: 1 if the cluster has GPUs at start, else 0
     proposal_actors: int | None = None  # None: from the cluster's CPUs
     crf_actors: int | None = None  # None: from the cluster's CPUs
 

@@ -131,3 +131,15 @@ def test_cli_fails_fast_on_bad_arguments(tmp_path):
         assert done.returncode == 2, done.stderr[-2000:]
         assert message in done.stderr and "Traceback" not in done.stderr
     assert not (tmp_path / "o1").exists() and not (inp / "masks").exists()
+
+
+def test_cluster_yaml_is_a_valid_launcher_config():
+    import yaml
+    from ray.autoscaler._private.util import prepare_config, validate_config
+
+    cfg = prepare_config(yaml.safe_load((REPO / "cluster.yaml").read_text()))
+    validate_config(cfg)  # Ray's own schema for `ray up`
+    types = cfg["available_node_types"]
+    assert types[cfg["head_node_type"]]["resources"] == {"CPU": 0}
+    assert {"gpu_worker", "cpu_worker"} <= set(types)
+    assert any("pip install -e ." in c for c in cfg["setup_commands"])

@@ -56,7 +56,10 @@ def s3_server():
 
 @pytest.fixture(scope="module")
 def ray_session(s3_server):
-    # Started after the S3 variables are set, so every worker process inherits them.
+    # Started after the S3 variables are set, so every worker process inherits them; a Ray
+    # left running by an earlier module would not have them, so this module owns its session.
+    if ray.is_initialized():
+        ray.shutdown()
     ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)  # never join a running cluster
     yield
     ray.shutdown()
