@@ -57,6 +57,9 @@ class Plan:
 def prepare(cfg: SegmentConfig) -> Plan:
     """Validate arguments and list the work; raises ValueError/FileNotFoundError on a bad argument."""
     cfg.validate()
+    for url in (cfg.input, cfg.output):
+        if url.startswith("memory://"):  # fsspec's memory filesystem lives in one process only
+            raise ValueError(f"{url!r}: memory:// is private to one process, Ray workers cannot see it; use a shared store")
     metas = {}
     if cfg.inference.ensemble != "fcn":
         metas["deconvnet"] = read_checkpoint_meta(cfg.checkpoint)

@@ -307,6 +307,8 @@ def test_prepare_fails_fast_on_bad_arguments(tmp_path, ckpts):
         prepare(tiny_config(str(inp), str(inp / "masks"), ckpts))
     with pytest.raises(ValueError, match="needs --fcn-checkpoint"):
         prepare(tiny_config(str(inp), out, (ckpts[0], None)))
+    with pytest.raises(ValueError, match="private to one process"):
+        prepare(tiny_config("memory://bucket/images", out, ckpts))
     assert not (tmp_path / "out").exists()  # nothing was started or written
     plan = prepare(tiny_config(str(inp), out, ckpts))
     assert [i["image_id"] for i in plan.todo] == ["a.jpg"] and plan.n_skipped == 0
