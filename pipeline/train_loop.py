@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import sys
 import tempfile
 import time
 from collections.abc import Iterator
@@ -108,6 +109,14 @@ def _batches_forever(shard, batch_size: int) -> Iterator[dict[str, torch.Tensor]
             raise RuntimeError(f"an epoch of this worker's shard has no full batch of {batch_size} examples")
 
 
+def _log(message: str) -> None:
+    # Straight to the process's stdout (forwarded to the driver by Ray): Ray Train's
+    # print patch would otherwise emit every line twice (its logger and a tee).
+    stream = sys.__stdout__ or sys.stdout
+    stream.write(message + "\n")
+    stream.flush()
+
+
 def _all_reduce(t: torch.Tensor) -> torch.Tensor:
     if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
         dist.all_reduce(t)
@@ -184,7 +193,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         model = build_model(stage.architecture, num_classes=num_classes, width=cfg.width)
         model.load_state_dict(resumed[0])
         state = resumed[2]
-        print(f"[{stage.name}] rank {rank}: resuming at iteration {state['iteration']}", flush=True)
+        _log(f"[{stage.name}] rank {rank}: resuming at iteration {state['iteration']}")
     else:
         model = initial_model(cfg, stage, num_classes, config.get("init"), download=rank == 0)
         state = {"iteration": 0, "sched": {"lr_scale": 1.0, "best": -1.0, "bad": 0}, "history": [], "starts": []}
@@ -238,8 +247,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                 ckpt = ray.train.Checkpoint.from_directory(d)
             ray.train.report(metrics, checkpoint=ckpt, checkpoint_dir_name=checkpoint_dir_name(it))
         if rank == 0:
-            print(f"[{stage.name}] checkpoint at iteration {it}: loss {metrics['loss']:.4f} "
-                  f"pixel acc {metrics['pixel_accuracy']:.3f} val mIoU {metrics['val_mean_iou']:.3f}", flush=True)
+            _log(f"[{stage.name}] checkpoint at iteration {it}: loss {metrics['loss']:.4f} "
+                 f"pixel acc {metrics['pixel_accuracy']:.3f} val mIoU {metrics['val_mean_iou']:.3f}")
         window = torch.zeros(3, dtype=torch.float64)
         window_steps, window_time = 0, 0.0
         reported_at = it
@@ -270,8 +279,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         window_steps += 1
         window_time += dt
         if rank == 0 and (it % cfg.log_every == 0 or it == stage.iterations):
-            print(f"[{stage.name}] iter {it}/{stage.iterations} loss {float(step[0] / max(step[2], 1)):.4f} "
-                  f"lr {lr:.3g} {examples_per_step / dt:.1f} examples/s", flush=True)
+            _log(f"[{stage.name}] iter {it}/{stage.iterations} loss {float(step[0] / max(step[2], 1)):.4f} "
+                 f"lr {lr:.3g} {examples_per_step / dt:.1f} examples/s")
         _maybe_crash(cfg, stage, it, rank)
         if it % cfg.checkpoint_every == 0 or it == stage.iterations:
             report()
