@@ -106,7 +106,10 @@ def _batches_forever(shard, batch_size: int) -> Iterator[dict[str, torch.Tensor]
             n += 1
             yield batch
         if n == 0:
-            raise RuntimeError(f"an epoch of this worker's shard has no full batch of {batch_size} examples")
+            raise RuntimeError(
+                f"an epoch of this worker's shard has no full batch of {batch_size} examples: too few training "
+                "examples for this many workers (stage 2: too few proposals pass --stage2-iou)"
+            )
 
 
 def _log(message: str) -> None:
@@ -117,9 +120,12 @@ def _log(message: str) -> None:
     stream.flush()
 
 
-def _all_reduce(t: torch.Tensor) -> torch.Tensor:
+def _all_reduce(t: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """Sum a CPU tensor over all workers in place (through ``device``: NCCL reduces GPU tensors only)."""
     if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-        dist.all_reduce(t)
+        on_device = t.to(device)
+        dist.all_reduce(on_device)
+        t.copy_(on_device.cpu())
     return t
 
 
@@ -151,7 +157,7 @@ def evaluate(model: nn.Module, shard, normalise: _Normalise, batch_size: int, nu
         x, y = normalise(batch)
         cm.update(model(x).argmax(1).cpu(), y.cpu())
     model.train()
-    pooled = _all_reduce(torch.from_numpy(cm.mat.copy()))
+    pooled = _all_reduce(torch.from_numpy(cm.mat.copy()), normalise.device)
     cm.mat[:] = pooled.numpy()
     return cm.compute()
 
@@ -273,7 +279,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         optimizer.step()
         state["iteration"] += 1
         it = state["iteration"]
-        _all_reduce(step)
+        _all_reduce(step, device)
         dt = time.perf_counter() - t0
         window += step
         window_steps += 1

@@ -89,8 +89,22 @@ def train_stage(cfg: TrainConfig, stage: Stage, class_names: list[str], init: st
     return dict(result.metrics or {})
 
 
+def check_paths_and_resources(cfg: TrainConfig) -> None:
+    """Refuse what cannot work on a cluster; warn when Ray Data would have no CPU left."""
+    for name, url in (("--data", cfg.data), ("--output", cfg.output)):
+        if url.startswith("memory://"):
+            raise ValueError(f"{name} {url}: memory:// lives in one process; Ray workers cannot see it")
+    cpus = ray.cluster_resources().get("CPU", 0)
+    free = cpus - cfg.num_workers * cfg.cpus_per_worker
+    if free < cfg.data_cpus:
+        print(f"[train] warning: {cpus:g} CPUs, {cfg.num_workers} x {cfg.cpus_per_worker:g} for the trainers leave "
+              f"{free:g} for example construction, which asks {cfg.data_cpus:g} per task; unless the cluster "
+              "scales up, lower --cpus-per-worker / --data-cpus or training will wait for data forever", flush=True)
+
+
 def run_training(cfg: TrainConfig) -> dict[str, str]:
     """Train every stage of ``cfg`` in order; returns ``{stage name: exported model path}``."""
+    check_paths_and_resources(cfg)
     class_names = read_class_names(cfg.data)
     init = cfg.init_from
     done: dict[str, str] = {}

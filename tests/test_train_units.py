@@ -142,3 +142,10 @@ def test_training_checkpoint_round_trip_and_latest(tmp_path):
     # The model file inside a training checkpoint is a regular project checkpoint.
     loaded, meta2 = load_checkpoint(os.path.join(latest, "model.safetensors"))
     assert meta2.architecture == "deconvnet" and weights_fingerprint(loaded) == weights_fingerprint(model)
+
+
+def test_memory_urls_are_refused_before_any_work():
+    from pipeline.train_run import check_paths_and_resources
+
+    with pytest.raises(ValueError, match="Ray workers cannot see it"):
+        check_paths_and_resources(TrainConfig(data="memory://voc", output="/tmp/run"))
