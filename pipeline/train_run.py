@@ -113,6 +113,9 @@ def run_training(cfg: TrainConfig) -> dict[str, str]:
         if exists(final):
             print(f"[train] {stage.name}: already finished ({final}), skipping", flush=True)
         else:
+            if init is None and stage.key in ("2", "16", "8"):
+                print(f"[train] warning: {stage.name} normally starts from the previous stage's model; none given "
+                      "(list the earlier stage too, or pass --init-from)", flush=True)
             print(f"[train] {stage.name}: {stage.iterations} iterations on {cfg.num_workers} worker(s), "
                   f"global batch {cfg.batch_size * cfg.num_workers * cfg.accumulation} "
                   f"({cfg.batch_size} x {cfg.num_workers} workers x {cfg.accumulation} accumulated), "
