@@ -35,6 +35,8 @@ pytestmark = pytest.mark.slow
 def ray_local():
     # address="local": never attach to another Ray instance running on this machine.
     # 4 logical CPUs on a 2-core box: 2 train workers + room for Ray Data tasks.
+    if ray.is_initialized():  # another module's Ray, sized for its own needs
+        ray.shutdown()
     ray.init(address="local", num_cpus=4, include_dashboard=False, log_to_driver=True)
     yield
     ray.shutdown()
