@@ -54,6 +54,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--micro-batch", type=int, default=32, help="crops per DeconvNet forward pass")
     p.add_argument("--precision", default="bf16", choices=["bf16", "fp16", "fp32"], help="autocast dtype on GPU")
     p.add_argument("--device", default=None, help="model device (default: cuda when available)")
+    p.add_argument("--ray-address", default=None,
+                   help="Ray cluster to join ('auto' = the one `ray start` runs here); default: $RAY_ADDRESS "
+                        "(set by `ray job submit`), else a new local Ray")
     p.add_argument("--model-actors", type=int, default=None, help="default: one per GPU, or 1")
     p.add_argument("--model-gpus", type=float, default=None,
                    help="GPUs per model actor (default: 1 if the cluster has GPUs when the job starts, else 0)")
@@ -89,6 +92,7 @@ def config_from_args(args: argparse.Namespace) -> SegmentConfig:
         crf=CRFConfig(enabled=args.crf == "on", iterations=args.crf_iterations, prune_threshold=args.crf_prune_threshold),
         batch_size=args.batch_size,
         write_batch_size=args.write_batch_size,
+        ray_address=args.ray_address,
         model_actors=args.model_actors,
         model_gpus=args.model_gpus,
         proposal_actors=args.proposal_actors,

@@ -21,6 +21,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import os
 import time
 from collections import Counter
 from dataclasses import dataclass
@@ -201,7 +202,10 @@ def run(cfg: SegmentConfig, plan: Plan | None = None) -> dict:
     start = time.time()
     plan = plan or prepare(cfg)
     if not ray.is_initialized():
-        ray.init()
+        # Without an address, start a private local Ray rather than joining whatever
+        # /tmp/ray/ray_current_cluster names (possibly a crashed cluster: a long hang).
+        address = cfg.ray_address or (None if os.environ.get("RAY_ADDRESS") else "local")
+        ray.init(address=address)
     res = stage_resources(cfg, ray.cluster_resources())
     statuses: Counter[str] = Counter()
     seen: set[str] = set()

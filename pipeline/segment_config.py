@@ -50,6 +50,7 @@ class SegmentConfig:
     inference: InferenceConfig = field(default_factory=InferenceConfig)
     crf: CRFConfig = field(default_factory=CRFConfig)
     # Execution (no effect on results).
+    ray_address: str | None = None  # None: $RAY_ADDRESS (set inside `ray job submit`) or a new local Ray
     batch_size: int = 4  # images per model-actor call; their crops share DeconvNet micro-batches
     write_batch_size: int = 64  # rows per Parquet part file
     model_actors: int | None = None  # None: one per GPU, or 1 CPU actor without GPUs
