@@ -199,6 +199,19 @@ def test_segmenter_stage_passes_error_rows(ckpts):
     assert out["probs"][0].size == 0 and out["probs"][1].shape == (NUM_CLASSES, 40, 50)
 
 
+def test_segmenter_stage_isolates_a_failing_image(ckpts):
+    seg = Segmenter(*ckpts, InferenceConfig(micro_batch=4, device="cpu"))
+    images = np.empty(3, dtype=object)
+    images[:] = [scene(5, 40, 50), scene(6, 48, 40), scene(7, 44, 44)]
+    boxes = np.empty(3, dtype=object)
+    boxes[:] = [np.array([[0, 0, 50, 40]], np.float32), np.array([1.0, 2.0, 3.0], np.float32), np.zeros((0, 4), np.float32)]
+    out = seg({"status": np.array(["ok"] * 3, dtype=object), "error": np.array([""] * 3, dtype=object),
+               "image": images, "boxes": boxes})
+    assert list(out["status"]) == ["ok", "ValueError", "ok"] and out["error"][1].startswith("model stage:")
+    np.testing.assert_array_equal(out["probs"][0], seg.predict([images[0]], [boxes[0]])[0])
+    assert out["probs"][1].size == 0 and out["probs"][2].shape == (NUM_CLASSES, 44, 44)
+
+
 def test_segmenter_imports_no_ray_cv2_or_crf():
     code = "import sys, pipeline.segmenter; print(sorted(m for m in ('ray', 'cv2', 'pydensecrf') if m in sys.modules))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
