@@ -28,38 +28,69 @@ from pipeline.segmenter import InferenceConfig  # noqa: E402
 
 def get_args_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--input", required=True, help="folder, glob, fsspec URL (s3://, gs://...) or manifest (.txt/.csv/.parquet)")
+    p.add_argument(
+        "--input", required=True, help="folder, glob, fsspec URL (s3://, gs://...) or manifest (.txt/.csv/.parquet)"
+    )
     p.add_argument("--output", required=True, help="output folder or fsspec URL (must not be inside the input)")
     p.add_argument("--checkpoint", required=True, help="DeconvNet checkpoint (.safetensors, path or URL)")
     p.add_argument("--fcn-checkpoint", default=None, help="FCN-8s checkpoint; required unless --ensemble none")
     p.add_argument("--format", default="both", choices=["png", "parquet", "both"])
-    p.add_argument("--ensemble", default="mean", choices=["mean", "none", "fcn"],
-                   help="mean: average DeconvNet and FCN-8s probabilities (EDeconvNet); none: DeconvNet alone; fcn: FCN alone")
+    p.add_argument(
+        "--ensemble",
+        default="mean",
+        choices=["mean", "none", "fcn"],
+        help="mean: average DeconvNet and FCN-8s probabilities (EDeconvNet); none: DeconvNet alone; fcn: FCN alone",
+    )
     p.add_argument("--crf", default="on", choices=["on", "off"], help="dense CRF refinement")
     p.add_argument("--crf-iterations", type=int, default=10)
-    p.add_argument("--crf-prune-threshold", type=float, default=0.01,
-                   help="drop classes whose probability never reaches this (and that win no pixel) before the CRF")
-    p.add_argument("--skip-existing", default=True, action=argparse.BooleanOptionalAction,
-                   help="skip inputs whose outputs (or error row) already exist (default on)")
+    p.add_argument(
+        "--crf-prune-threshold",
+        type=float,
+        default=0.01,
+        help="drop classes whose probability never reaches this (and that win no pixel) before the CRF",
+    )
+    p.add_argument(
+        "--skip-existing",
+        default=True,
+        action=argparse.BooleanOptionalAction,
+        help="skip inputs whose outputs (or error row) already exist (default on)",
+    )
     p.add_argument("--top-k", type=int, default=50, help="proposals per image")
-    p.add_argument("--min-side", type=float, default=112.0, help="skip proposals shorter than this (px at a 500 px image)")
+    p.add_argument(
+        "--min-side", type=float, default=112.0, help="skip proposals shorter than this (px at a 500 px image)"
+    )
     p.add_argument("--enlarge", type=float, default=1.2, help="proposal enlargement factor")
-    p.add_argument("--edge-model", default=None, help="OpenCV structured-edge model.yml.gz (path or URL); default: gradient edges")
-    p.add_argument("--no-proposal-fallback", action="store_true",
-                   help="an image without proposals gets FCN alone instead of the whole image as one box")
+    p.add_argument(
+        "--edge-model", default=None, help="OpenCV structured-edge model.yml.gz (path or URL); default: gradient edges"
+    )
+    p.add_argument(
+        "--no-proposal-fallback",
+        action="store_true",
+        help="an image without proposals gets FCN alone instead of the whole image as one box",
+    )
     p.add_argument("--max-pixels", type=int, default=40_000_000, help="larger images become error rows")
-    p.add_argument("--extensions", default=",".join(SegmentConfig.__dataclass_fields__["extensions"].default),
-                   help="comma-separated suffixes listed from folders/URLs ('' = every file)")
+    p.add_argument(
+        "--extensions",
+        default=",".join(SegmentConfig.__dataclass_fields__["extensions"].default),
+        help="comma-separated suffixes listed from folders/URLs ('' = every file)",
+    )
     p.add_argument("--batch-size", type=int, default=4, help="images per model-actor call")
     p.add_argument("--micro-batch", type=int, default=32, help="crops per DeconvNet forward pass")
     p.add_argument("--precision", default="bf16", choices=["bf16", "fp16", "fp32"], help="autocast dtype on GPU")
     p.add_argument("--device", default=None, help="model device (default: cuda when available)")
-    p.add_argument("--ray-address", default=None,
-                   help="Ray cluster to join ('auto' = the one `ray start` runs here); default: $RAY_ADDRESS "
-                        "(set by `ray job submit`), else a new local Ray")
+    p.add_argument(
+        "--ray-address",
+        default=None,
+        help="Ray cluster to join ('auto' = the one `ray start` runs here); default: $RAY_ADDRESS "
+        "(set by `ray job submit`), else a new local Ray",
+    )
     p.add_argument("--model-actors", type=int, default=None, help="default: one per GPU, or 1")
-    p.add_argument("--model-gpus", type=float, default=None,
-                   help="GPUs per model actor (default: 1 if the cluster has GPUs when the job starts, else 0)")
+    p.add_argument(
+        "--model-gpus",
+        type=float,
+        default=None,
+        help="GPUs per model actor (default: 1 if the cluster has GPUs when the job starts, else 0)",
+    )
     p.add_argument("--proposal-actors", type=int, default=None, help="default: from the cluster's CPUs")
     p.add_argument("--crf-actors", type=int, default=None, help="default: from the cluster's CPUs")
     p.add_argument("--write-batch-size", type=int, default=64, help="rows per Parquet part file")
@@ -89,7 +120,9 @@ def config_from_args(args: argparse.Namespace) -> SegmentConfig:
             precision=args.precision,
             device=args.device,
         ),
-        crf=CRFConfig(enabled=args.crf == "on", iterations=args.crf_iterations, prune_threshold=args.crf_prune_threshold),
+        crf=CRFConfig(
+            enabled=args.crf == "on", iterations=args.crf_iterations, prune_threshold=args.crf_prune_threshold
+        ),
         batch_size=args.batch_size,
         write_batch_size=args.write_batch_size,
         ray_address=args.ray_address,

@@ -51,7 +51,10 @@ def dense_crf(image: np.ndarray, probs: np.ndarray, cfg: CRFConfig, *, prune: bo
     crf.setUnaryEnergy(np.ascontiguousarray(-np.log(p).reshape(len(classes), -1), dtype=np.float32))
     crf.addPairwiseGaussian(sxy=cfg.gaussian_sxy, compat=cfg.gaussian_compat)
     crf.addPairwiseBilateral(
-        sxy=cfg.bilateral_sxy, srgb=cfg.bilateral_srgb, rgbim=np.require(image, np.uint8, ["C", "W"]), compat=cfg.bilateral_compat
+        sxy=cfg.bilateral_sxy,
+        srgb=cfg.bilateral_srgb,
+        rgbim=np.require(image, np.uint8, ["C", "W"]),
+        compat=cfg.bilateral_compat,
     )
     q = np.asarray(crf.inference(cfg.iterations), dtype=np.float32).reshape(len(classes), height, width)
     return classes[q.argmax(axis=0)].astype(np.uint8)

@@ -43,7 +43,12 @@ def read_bytes(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
                 data[i] = f.read()
         except Exception as exc:
             status[i], errors[i] = type(exc).__name__, f"read {path}: {exc}"
-    return {**batch, "status": np.array(status, dtype=object), "error": np.array(errors, dtype=object), "bytes": _objects(data)}
+    return {
+        **batch,
+        "status": np.array(status, dtype=object),
+        "error": np.array(errors, dtype=object),
+        "bytes": _objects(data),
+    }
 
 
 def to_rgb(img: Image.Image) -> np.ndarray:

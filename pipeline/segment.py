@@ -60,7 +60,9 @@ def prepare(cfg: SegmentConfig) -> Plan:
     cfg.validate()
     for url in (cfg.input, cfg.output):
         if url.startswith("memory://"):  # fsspec's memory filesystem lives in one process only
-            raise ValueError(f"{url!r}: memory:// is private to one process, Ray workers cannot see it; use a shared store")
+            raise ValueError(
+                f"{url!r}: memory:// is private to one process, Ray workers cannot see it; use a shared store"
+            )
     metas = {}
     if cfg.inference.ensemble != "fcn":
         metas["deconvnet"] = read_checkpoint_meta(cfg.checkpoint)
@@ -144,7 +146,9 @@ def build_dataset(cfg: SegmentConfig, plan: Plan, res: StageResources):
     return (
         ray.data.from_items(plan.todo, override_num_blocks=blocks)
         .map_batches(read_bytes, batch_size=8, batch_format="numpy", num_cpus=share)
-        .map_batches(decode_images, fn_kwargs={"max_pixels": cfg.max_pixels}, batch_size=8, batch_format="numpy", num_cpus=share)
+        .map_batches(
+            decode_images, fn_kwargs={"max_pixels": cfg.max_pixels}, batch_size=8, batch_format="numpy", num_cpus=share
+        )
         .map_batches(
             ProposalStage,
             fn_constructor_kwargs={"cfg": cfg.proposals},

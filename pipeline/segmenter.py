@@ -97,7 +97,9 @@ class Segmenter:
         cfg: ensemble mode, micro-batch size, precision, device.
     """
 
-    def __init__(self, checkpoint: str | None, fcn_checkpoint: str | None = None, cfg: InferenceConfig | None = None) -> None:
+    def __init__(
+        self, checkpoint: str | None, fcn_checkpoint: str | None = None, cfg: InferenceConfig | None = None
+    ) -> None:
         self.cfg = cfg or InferenceConfig()
         if self.cfg.ensemble not in ("mean", "deconvnet", "fcn"):
             raise ValueError(f"ensemble must be mean, deconvnet or fcn, got {self.cfg.ensemble!r}")
@@ -230,5 +232,7 @@ class Segmenter:
                 except Exception as exc:
                     status[i], errors[i] = type(exc).__name__, f"model stage: {exc}"
         out = {k: v for k, v in batch.items() if k not in ("boxes", "box_scores")}
-        out.update(status=np.array(status, dtype=object), error=np.array(errors, dtype=object), probs=_object_column(probs))
+        out.update(
+            status=np.array(status, dtype=object), error=np.array(errors, dtype=object), probs=_object_column(probs)
+        )
         return out

@@ -171,7 +171,9 @@ def assign_outputs(items: list[dict]) -> list[dict]:
         if not key:
             item.update(status="InvalidImageId", error=f"image id {item['image_id']!r} names no file")
         elif key.split("/")[0] in RESERVED:
-            item.update(status="InvalidImageId", error=f"image id {item['image_id']!r} collides with reserved output name")
+            item.update(
+                status="InvalidImageId", error=f"image id {item['image_id']!r} collides with reserved output name"
+            )
         elif key in seen:
             item.update(status="OutputCollision", error=f"mask {key} is already written for {seen[key]!r}")
         else:

@@ -48,9 +48,20 @@ def ray_head():
     """
     tmp = tempfile.mkdtemp(prefix="rj", dir="/tmp")  # short: Ray's unix socket paths have a length limit
     # Every port explicit and free: other Ray instances on the machine hold the defaults.
-    ports = {name: free_port() for name in (
-        "port", "dashboard-port", "dashboard-agent-listen-port", "dashboard-agent-grpc-port", "runtime-env-agent-port",
-        "metrics-export-port", "ray-client-server-port", "node-manager-port", "object-manager-port")}
+    ports = {
+        name: free_port()
+        for name in (
+            "port",
+            "dashboard-port",
+            "dashboard-agent-listen-port",
+            "dashboard-agent-grpc-port",
+            "runtime-env-agent-port",
+            "metrics-export-port",
+            "ray-client-server-port",
+            "node-manager-port",
+            "object-manager-port",
+        )
+    }
     env = {
         **os.environ,
         "RAY_TMPDIR": tmp,
@@ -59,8 +70,19 @@ def ray_head():
         "RAY_AUTH_MODE": "token",
         "RAY_AUTH_TOKEN": secrets.token_hex(16),
     }
-    cmd = [str(BIN / "ray"), "start", "--head", "--block", "--num-cpus", "2", "--include-dashboard", "true",
-           "--dashboard-host", "127.0.0.1", "--disable-usage-stats"]
+    cmd = [
+        str(BIN / "ray"),
+        "start",
+        "--head",
+        "--block",
+        "--num-cpus",
+        "2",
+        "--include-dashboard",
+        "true",
+        "--dashboard-host",
+        "127.0.0.1",
+        "--disable-usage-stats",
+    ]
     cmd += [arg for name, port in ports.items() for arg in (f"--{name}", str(port))]
     log = open(Path(tmp) / "ray-start.log", "w")
     proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
@@ -93,10 +115,30 @@ def test_ray_job_submit_runs_the_job(tmp_path, ray_head):
     write_images(inp, {"one.jpg": (64, 80), "nested/two.png": (72, 64)})
     (inp / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated")
     cmd = [
-        str(BIN / "ray"), "job", "submit", "--address", url, "--working-dir", str(REPO), "--",
-        "python", "jobs/segment_dataset.py", "--input", str(inp), "--output", str(out),
-        "--checkpoint", ckpts[0], "--fcn-checkpoint", ckpts[1],
-        "--top-k", "2", "--micro-batch", "4", "--crf-iterations", "3",
+        str(BIN / "ray"),
+        "job",
+        "submit",
+        "--address",
+        url,
+        "--working-dir",
+        str(REPO),
+        "--",
+        "python",
+        "jobs/segment_dataset.py",
+        "--input",
+        str(inp),
+        "--output",
+        str(out),
+        "--checkpoint",
+        ckpts[0],
+        "--fcn-checkpoint",
+        ckpts[1],
+        "--top-k",
+        "2",
+        "--micro-batch",
+        "4",
+        "--crf-iterations",
+        "3",
     ]
     for _ in range(10):  # the head's job agent comes up a few seconds after its dashboard
         done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=420, cwd=REPO)
@@ -119,12 +161,36 @@ def test_cli_fails_fast_on_bad_arguments(tmp_path):
     write_images(inp, {"one.jpg": (32, 32)})
     script = [sys.executable, str(REPO / "jobs" / "segment_dataset.py")]
     cases = {
-        "checkpoint not found": ["--input", str(inp), "--output", str(tmp_path / "o1"),
-                                 "--checkpoint", str(tmp_path / "nope.safetensors"), "--fcn-checkpoint", ckpts[1]],
-        "input not found": ["--input", str(tmp_path / "missing"), "--output", str(tmp_path / "o2"),
-                            "--checkpoint", ckpts[0], "--fcn-checkpoint", ckpts[1]],
-        "inside the input": ["--input", str(inp), "--output", str(inp / "masks"),
-                             "--checkpoint", ckpts[0], "--fcn-checkpoint", ckpts[1]],
+        "checkpoint not found": [
+            "--input",
+            str(inp),
+            "--output",
+            str(tmp_path / "o1"),
+            "--checkpoint",
+            str(tmp_path / "nope.safetensors"),
+            "--fcn-checkpoint",
+            ckpts[1],
+        ],
+        "input not found": [
+            "--input",
+            str(tmp_path / "missing"),
+            "--output",
+            str(tmp_path / "o2"),
+            "--checkpoint",
+            ckpts[0],
+            "--fcn-checkpoint",
+            ckpts[1],
+        ],
+        "inside the input": [
+            "--input",
+            str(inp),
+            "--output",
+            str(inp / "masks"),
+            "--checkpoint",
+            ckpts[0],
+            "--fcn-checkpoint",
+            ckpts[1],
+        ],
     }
     for message, args in cases.items():
         done = subprocess.run(script + args, capture_output=True, text=True, timeout=120, cwd=tmp_path)

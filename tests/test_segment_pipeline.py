@@ -182,7 +182,9 @@ def test_s3_input_and_output_png_only(tmp_path, ckpts, ray_session, s3_server):
     )
     items = prepare(cfg).todo
     assert sorted(i["path"] for i in items) == [
-        "s3://bucket-in/images/broken.jpg", "s3://bucket-in/images/two.png", "s3://bucket-in/images/x/one.jpg"
+        "s3://bucket-in/images/broken.jpg",
+        "s3://bucket-in/images/two.png",
+        "s3://bucket-in/images/x/one.jpg",
     ]
     summary = run(cfg)
     assert (summary["processed"], summary["written"], summary["errors"]) == (3, 2, 1)
@@ -192,7 +194,9 @@ def test_s3_input_and_output_png_only(tmp_path, ckpts, ray_session, s3_server):
     assert not any(n.startswith("_parquet") for n in names)
     ref = reference_results(cfg, items)
     for image_id, size in {"x/one.jpg": (64, 72), "two.png": (70, 60)}.items():
-        mask = np.asarray(Image.open(io.BytesIO(fs.cat_file("bucket-out/run1/" + os.path.splitext(image_id)[0] + ".png"))))
+        mask = np.asarray(
+            Image.open(io.BytesIO(fs.cat_file("bucket-out/run1/" + os.path.splitext(image_id)[0] + ".png")))
+        )
         assert mask.shape == size
         np.testing.assert_array_equal(mask, ref[image_id]["mask"])
     assert ref["broken.jpg"]["status"] != "ok"

@@ -90,7 +90,10 @@ def test_list_folder_glob_and_manifests(tmp_path):
     assert [i["image_id"] for i in items] == ["sub/deeper/c.JPG"]
     (root / "list.txt").write_text("# images\na.jpg\nsub/b.png\n\n")
     _, items = list_inputs(str(root / "list.txt"))
-    assert [(i["image_id"], i["path"]) for i in items] == [("a.jpg", str(root / "a.jpg")), ("sub/b.png", str(root / "sub/b.png"))]
+    assert [(i["image_id"], i["path"]) for i in items] == [
+        ("a.jpg", str(root / "a.jpg")),
+        ("sub/b.png", str(root / "sub/b.png")),
+    ]
     (root / "list.csv").write_text(f"path,image_id\n{root / 'sub/deeper/c.JPG'},c-id\nsub/b.png,\n")
     _, items = list_inputs(str(root / "list.csv"))
     assert [i["image_id"] for i in items] == ["c-id", "b.png"]
@@ -176,10 +179,14 @@ def test_segmenter_mixes_images_without_mixing_results(ckpts):
         np.testing.assert_allclose(t.astype(np.float32), a.astype(np.float32), atol=2e-3)
         np.testing.assert_allclose(t.astype(np.float32).sum(0), 1.0, atol=1e-2)
     # No proposal: the ensemble falls back to FCN alone.
-    fcn_only = Segmenter(None, ckpts[1], InferenceConfig(ensemble="fcn", device="cpu")).predict([images[2]], [boxes[2]])[0]
+    fcn_only = Segmenter(None, ckpts[1], InferenceConfig(ensemble="fcn", device="cpu")).predict(
+        [images[2]], [boxes[2]]
+    )[0]
     np.testing.assert_array_equal(together[2], fcn_only)
     # DeconvNet alone: pixels no box covers have a zero canvas -> uniform probabilities.
-    deconv = Segmenter(ckpts[0], None, InferenceConfig(ensemble="deconvnet", device="cpu")).predict(images[1:2], boxes[1:2])[0]
+    deconv = Segmenter(ckpts[0], None, InferenceConfig(ensemble="deconvnet", device="cpu")).predict(
+        images[1:2], boxes[1:2]
+    )[0]
     np.testing.assert_allclose(deconv[:, 0, 0].astype(np.float32), 1 / NUM_CLASSES, atol=1e-3)
     assert not np.allclose(deconv[:, 40, 30].astype(np.float32), 1 / NUM_CLASSES, atol=1e-3)
     # The ensemble is the mean of the two.
@@ -193,8 +200,15 @@ def test_segmenter_stage_passes_error_rows(ckpts):
     images[:] = [np.zeros((0, 0, 3), np.uint8), scene(4, 40, 50)]
     boxes = np.empty(2, dtype=object)
     boxes[:] = [np.zeros((0, 4), np.float32), np.array([[0, 0, 50, 40]], np.float32)]
-    out = seg({"status": np.array(["EmptyFile", "ok"], dtype=object), "error": np.array(["e", ""], dtype=object),
-               "image": images, "boxes": boxes, "image_id": np.array(["a", "b"], dtype=object)})
+    out = seg(
+        {
+            "status": np.array(["EmptyFile", "ok"], dtype=object),
+            "error": np.array(["e", ""], dtype=object),
+            "image": images,
+            "boxes": boxes,
+            "image_id": np.array(["a", "b"], dtype=object),
+        }
+    )
     assert "boxes" not in out and list(out["status"]) == ["EmptyFile", "ok"]
     assert out["probs"][0].size == 0 and out["probs"][1].shape == (NUM_CLASSES, 40, 50)
 
@@ -204,9 +218,19 @@ def test_segmenter_stage_isolates_a_failing_image(ckpts):
     images = np.empty(3, dtype=object)
     images[:] = [scene(5, 40, 50), scene(6, 48, 40), scene(7, 44, 44)]
     boxes = np.empty(3, dtype=object)
-    boxes[:] = [np.array([[0, 0, 50, 40]], np.float32), np.array([1.0, 2.0, 3.0], np.float32), np.zeros((0, 4), np.float32)]
-    out = seg({"status": np.array(["ok"] * 3, dtype=object), "error": np.array([""] * 3, dtype=object),
-               "image": images, "boxes": boxes})
+    boxes[:] = [
+        np.array([[0, 0, 50, 40]], np.float32),
+        np.array([1.0, 2.0, 3.0], np.float32),
+        np.zeros((0, 4), np.float32),
+    ]
+    out = seg(
+        {
+            "status": np.array(["ok"] * 3, dtype=object),
+            "error": np.array([""] * 3, dtype=object),
+            "image": images,
+            "boxes": boxes,
+        }
+    )
     assert list(out["status"]) == ["ok", "ValueError", "ok"] and out["error"][1].startswith("model stage:")
     np.testing.assert_array_equal(out["probs"][0], seg.predict([images[0]], [boxes[0]])[0])
     assert out["probs"][1].size == 0 and out["probs"][2].shape == (NUM_CLASSES, 44, 44)
@@ -282,8 +306,15 @@ def test_write_outputs_rows_and_atomicity(tmp_path):
         "uncertainty": np.array([0.25, np.nan], np.float32),
         "needs_row": np.array([True, True]),
     }
-    kw = dict(output=str(tmp_path), formats=("png", "parquet"), class_names=["bg", "fg"], palette=[[0, 0, 0], [9, 9, 9]],
-              checkpoint_id="c1", fcn_checkpoint_id="f1", config_hash="h1")
+    kw = dict(
+        output=str(tmp_path),
+        formats=("png", "parquet"),
+        class_names=["bg", "fg"],
+        palette=[[0, 0, 0], [9, 9, 9]],
+        checkpoint_id="c1",
+        fcn_checkpoint_id="f1",
+        config_hash="h1",
+    )
     out = write_outputs(batch, **kw)
     assert list(out["status"]) == ["ok", "EmptyFile"]
     assert sorted(p.name for p in tmp_path.rglob("*") if p.is_file()) == sorted(
@@ -292,7 +323,10 @@ def test_write_outputs_rows_and_atomicity(tmp_path):
     rows = pq.read_table(tmp_path / "_parquet")
     assert rows.schema.equals(RESULT_SCHEMA)
     r = {row["image_id"]: row for row in rows.to_pylist()}
-    assert r["d/x.jpg"]["classes"] == [{"id": 0, "name": "bg", "fraction": 0.25}, {"id": 1, "name": "fg", "fraction": 0.75}]
+    assert r["d/x.jpg"]["classes"] == [
+        {"id": 0, "name": "bg", "fraction": 0.25},
+        {"id": 1, "name": "fg", "fraction": 0.75},
+    ]
     assert r["bad.jpg"]["mask_png"] is None and r["bad.jpg"]["height"] is None and r["bad.jpg"]["status"] == "EmptyFile"
     np.testing.assert_array_equal(np.asarray(Image.open(io.BytesIO(r["d/x.jpg"]["mask_png"]))), masks[0])
     assert pq.read_table(tmp_path / "_errors").schema.equals(ERROR_SCHEMA)
