@@ -20,7 +20,15 @@ from pipeline.decode import decode_images, read_bytes
 from pipeline.segment import prepare, stage_resources
 from pipeline.segment_config import CRFConfig
 from pipeline.segmenter import InferenceConfig, Segmenter, crop_boxes, paste_max, pixel_box
-from pipeline.sources import assign_outputs, check_output_location, list_inputs, mask_key, safe_relpath
+from pipeline.sources import (
+    assign_outputs,
+    check_output_location,
+    existing_results,
+    list_inputs,
+    mark_pending,
+    mask_key,
+    safe_relpath,
+)
 from pipeline.writers import ERROR_SCHEMA, RESULT_SCHEMA, atomic_write, encode_mask, write_outputs
 
 
@@ -125,6 +133,25 @@ def test_assign_outputs_collisions_and_reserved():
     items = assign_outputs([{"image_id": i, "path": i} for i in ["a.jpg", "a.png", "_errors/x.jpg", "../", "b.jpg"]])
     assert [i["status"] for i in items] == ["ok", "OutputCollision", "InvalidImageId", "InvalidImageId", "ok"]
     assert "a.jpg" in items[1]["error"]
+
+
+def test_skip_existing_per_format(tmp_path):
+    items = assign_outputs([{"image_id": i, "path": i} for i in ["a.jpg", "b.jpg", "c.jpg", "d.jpg"]])
+    write_images(tmp_path, {"a.png": (4, 4), "b.png": (4, 4)})  # masks of a and b
+    (tmp_path / "_parquet").mkdir()
+    pq.write_table(pa.table({"image_id": ["a.jpg", "c.jpg"]}), tmp_path / "_parquet" / "part-1.parquet")
+    (tmp_path / "_errors").mkdir()
+    pq.write_table(pa.table({"image_id": ["d.jpg"]}), tmp_path / "_errors" / "part-2.parquet")
+
+    def pending(formats):
+        todo = mark_pending([dict(i) for i in items], existing_results(str(tmp_path), formats), formats)
+        return {i["image_id"]: i["needs_row"] for i in todo}
+
+    assert pending(("png",)) == {"c.jpg": False}  # d.jpg failed before: an error row counts as done
+    assert pending(("parquet",)) == {"b.jpg": True}
+    assert pending(("png", "parquet")) == {"b.jpg": True, "c.jpg": False}  # c: restore the PNG, keep its one row
+    assert pending(("png", "parquet")) == pending(("png", "parquet"))
+    assert existing_results(str(tmp_path / "none"), ("png",)) == set()
 
 
 def test_output_inside_input_refused(tmp_path):
