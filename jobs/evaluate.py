@@ -31,6 +31,7 @@ from pipeline.cli_args import (  # noqa: E402
     proposal_config,
 )
 from pipeline.evaluation import VARIANTS, EvalConfig  # noqa: E402
+from pipeline.ray_session import add_ray_address_arg  # noqa: E402
 from pipeline.regression import EXIT_MISMATCH, EXIT_OK, ReportMismatch  # noqa: E402
 
 
@@ -51,6 +52,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     add_proposal_args(p)
     add_inference_args(p)
     add_crf_args(p)
+    add_ray_address_arg(p)
     return p
 
 
@@ -68,6 +70,7 @@ def config_from_args(args: argparse.Namespace) -> EvalConfig:
         inference=inference_config(args),
         crf=crf_config(args),
         batch_size=args.batch_size,
+        ray_address=args.ray_address,
     )
 
 

@@ -21,9 +21,16 @@ from pathlib import Path
 if __package__ in (None, ""):  # `python jobs/segment_dataset.py`: make the project importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from pipeline.proposals import ProposalConfig  # noqa: E402
-from pipeline.segment_config import CRFConfig, SegmentConfig  # noqa: E402
-from pipeline.segmenter import InferenceConfig  # noqa: E402
+from pipeline.cli_args import (  # noqa: E402
+    add_crf_args,
+    add_inference_args,
+    add_proposal_args,
+    crf_config,
+    inference_config,
+    proposal_config,
+)
+from pipeline.ray_session import add_ray_address_arg  # noqa: E402
+from pipeline.segment_config import SegmentConfig  # noqa: E402
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -42,58 +49,32 @@ def get_args_parser() -> argparse.ArgumentParser:
         help="mean: average DeconvNet and FCN-8s probabilities (EDeconvNet); none: DeconvNet alone; fcn: FCN alone",
     )
     p.add_argument("--crf", default="on", choices=["on", "off"], help="dense CRF refinement")
-    p.add_argument("--crf-iterations", type=int, default=10)
-    p.add_argument(
-        "--crf-prune-threshold",
-        type=float,
-        default=0.01,
-        help="drop classes whose probability never reaches this (and that win no pixel) before the CRF",
-    )
     p.add_argument(
         "--skip-existing",
         default=True,
         action=argparse.BooleanOptionalAction,
         help="skip inputs whose outputs (or error row) already exist (default on)",
     )
-    p.add_argument("--top-k", type=int, default=50, help="proposals per image")
-    p.add_argument(
-        "--min-side", type=float, default=112.0, help="skip proposals shorter than this (px at a 500 px image)"
-    )
-    p.add_argument("--enlarge", type=float, default=1.2, help="proposal enlargement factor")
-    p.add_argument(
-        "--edge-model", default=None, help="OpenCV structured-edge model.yml.gz (path or URL); default: gradient edges"
-    )
-    p.add_argument(
-        "--no-proposal-fallback",
-        action="store_true",
-        help="an image without proposals gets FCN alone instead of the whole image as one box",
-    )
-    p.add_argument("--max-pixels", type=int, default=40_000_000, help="larger images become error rows")
     p.add_argument(
         "--extensions",
         default=",".join(SegmentConfig.__dataclass_fields__["extensions"].default),
         help="comma-separated suffixes listed from folders/URLs ('' = every file)",
     )
-    p.add_argument("--batch-size", type=int, default=4, help="images per model-actor call")
-    p.add_argument("--micro-batch", type=int, default=32, help="crops per DeconvNet forward pass")
-    p.add_argument("--precision", default="bf16", choices=["bf16", "fp16", "fp32"], help="autocast dtype on GPU")
-    p.add_argument("--device", default=None, help="model device (default: cuda when available)")
-    p.add_argument(
-        "--ray-address",
-        default=None,
-        help="Ray cluster to join ('auto' = the one `ray start` runs here); default: $RAY_ADDRESS "
-        "(set by `ray job submit`), else a new local Ray",
-    )
-    p.add_argument("--model-actors", type=int, default=None, help="default: one per GPU, or 1")
-    p.add_argument(
+    p.add_argument("--write-batch-size", type=int, default=64, help="rows per Parquet part file")
+    add_proposal_args(p)
+    add_inference_args(p)
+    add_crf_args(p)
+    g = p.add_argument_group("cluster")
+    add_ray_address_arg(g)
+    g.add_argument("--model-actors", type=int, default=None, help="default: one per GPU, or 1")
+    g.add_argument(
         "--model-gpus",
         type=float,
         default=None,
         help="GPUs per model actor (default: 1 if the cluster has GPUs when the job starts, else 0)",
     )
-    p.add_argument("--proposal-actors", type=int, default=None, help="default: from the cluster's CPUs")
-    p.add_argument("--crf-actors", type=int, default=None, help="default: from the cluster's CPUs")
-    p.add_argument("--write-batch-size", type=int, default=64, help="rows per Parquet part file")
+    g.add_argument("--proposal-actors", type=int, default=None, help="default: from the cluster's CPUs")
+    g.add_argument("--crf-actors", type=int, default=None, help="default: from the cluster's CPUs")
     return p
 
 
@@ -107,22 +88,9 @@ def config_from_args(args: argparse.Namespace) -> SegmentConfig:
         skip_existing=args.skip_existing,
         max_pixels=args.max_pixels,
         extensions=tuple(e.strip() for e in args.extensions.split(",") if e.strip()),
-        proposals=ProposalConfig(
-            top_k=args.top_k,
-            min_side=args.min_side,
-            enlarge=args.enlarge,
-            edge_model=args.edge_model,
-            fallback="none" if args.no_proposal_fallback else "image",
-        ),
-        inference=InferenceConfig(
-            ensemble={"none": "deconvnet"}.get(args.ensemble, args.ensemble),
-            micro_batch=args.micro_batch,
-            precision=args.precision,
-            device=args.device,
-        ),
-        crf=CRFConfig(
-            enabled=args.crf == "on", iterations=args.crf_iterations, prune_threshold=args.crf_prune_threshold
-        ),
+        proposals=proposal_config(args),
+        inference=inference_config(args, ensemble={"none": "deconvnet"}.get(args.ensemble, args.ensemble)),
+        crf=crf_config(args, enabled=args.crf == "on"),
         batch_size=args.batch_size,
         write_batch_size=args.write_batch_size,
         ray_address=args.ray_address,

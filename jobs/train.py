@@ -19,11 +19,15 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import sys
+from pathlib import Path
 
-import ray
+if __package__ in (None, ""):  # `python jobs/train.py`: make the project importable
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from pipeline.train_config import TrainConfig
-from pipeline.train_run import run_training
+from pipeline.ray_session import add_ray_address_arg, ensure_ray  # noqa: E402
+from pipeline.train_config import TrainConfig  # noqa: E402
+from pipeline.train_run import run_training  # noqa: E402
 
 
 def _csv(kind):
@@ -71,15 +75,20 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--data-cpus", type=float, default=d["data_cpus"])
     p.add_argument("--max-failures", type=int, default=d["max_failures"])
     p.add_argument("--log-every", type=int, default=d["log_every"])
+    add_ray_address_arg(p)
     return p
 
 
-def main(args: argparse.Namespace) -> dict[str, str]:
-    cfg = TrainConfig(**{k: v for k, v in vars(args).items()})
+def config_from_args(args: argparse.Namespace) -> TrainConfig:
+    cfg = TrainConfig(**{k: v for k, v in vars(args).items() if k != "ray_address"})
     if cfg.val_split == "":
         cfg.val_split = None
-    if not ray.is_initialized():
-        ray.init()  # RAY_ADDRESS (set by `ray job submit`) or a local cluster
+    return cfg
+
+
+def main(args: argparse.Namespace) -> dict[str, str]:
+    cfg = config_from_args(args)
+    ensure_ray(args.ray_address)
     done = run_training(cfg)
     print(json.dumps(done, indent=1))
     return done

@@ -14,14 +14,11 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import os
 import struct
-import tempfile
 from dataclasses import dataclass, field
 from typing import Any
 
 import fsspec
-from fsspec.implementations.local import LocalFileSystem
 import torch
 from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
@@ -30,6 +27,7 @@ from torch import nn
 from models.classes import IMAGENET_MEAN, IMAGENET_STD, default_class_names, voc_palette
 from models.deconvnet import DeconvNet
 from models.fcn import FCN
+from models.storage import atomic_write
 
 FORMAT_VERSION = 1
 _META_KEY = "deconvseg"
@@ -101,27 +99,8 @@ def save_checkpoint(model: nn.Module, path: str, *, meta: CheckpointMeta | None 
     record.pop("checkpoint_id")
     tensors = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
     data = st_save(tensors, metadata={_META_KEY: json.dumps(record)})
-    _atomic_write(path, data)
+    atomic_write(path, data)
     return meta
-
-
-def _atomic_write(path: str, data: bytes) -> None:
-    fs, fs_path = fsspec.core.url_to_fs(path)
-    if isinstance(fs, LocalFileSystem):
-        directory = os.path.dirname(os.path.abspath(fs_path))
-        os.makedirs(directory, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=".safetensors")
-        try:
-            with os.fdopen(fd, "wb") as f:
-                f.write(data)
-            os.replace(tmp, fs_path)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-            raise
-    else:  # object stores publish a file on close, never half-written
-        with fs.open(fs_path, "wb") as f:
-            f.write(data)
 
 
 def _parse_header(data: bytes, path: str) -> dict[str, Any]:

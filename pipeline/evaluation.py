@@ -45,6 +45,7 @@ class EvalConfig:
     inference: InferenceConfig = field(default_factory=InferenceConfig)
     crf: CRFConfig = field(default_factory=CRFConfig)
     batch_size: int = 4  # images per model-actor call
+    ray_address: str | None = None  # None: $RAY_ADDRESS (set inside `ray job submit`) or a new local Ray
 
     def needs(self) -> tuple[bool, bool]:
         """(needs DeconvNet, needs FCN) for the requested variants."""
@@ -186,11 +187,11 @@ def evaluate(cfg: EvalConfig, *, num_classes: int, rows: list[dict]) -> dict:
 
     from pipeline.decode import decode_images, read_bytes
     from pipeline.proposal_stage import ProposalStage
+    from pipeline.ray_session import ensure_ray
     from pipeline.segment import stage_resources
     from pipeline.segment_config import SegmentConfig
 
-    if not ray.is_initialized():
-        ray.init()
+    ensure_ray(cfg.ray_address)
     res = stage_resources(SegmentConfig(input="", output="", checkpoint=""), ray.cluster_resources())
     share = res.cpu_share
     variants = cfg.all_variants()

@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from typing import Any
 
 import fsspec
+
+from models.storage import atomic_write
 
 REPORT_VERSION = 1
 # Paper Table 1 column labels for the VOC classes; other names are printed as they are.
@@ -148,19 +149,7 @@ def _save_fig(fig, path: str) -> None:
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=110)
     plt.close(fig)
-    write_bytes(path, buf.getvalue())
-
-
-def write_bytes(path: str, data: bytes) -> None:
-    """Write a file so it is complete or absent (temp + rename locally; object stores publish on close)."""
-    fs, p = fsspec.core.url_to_fs(path)
-    parent = os.path.dirname(p)
-    if parent:
-        fs.makedirs(parent, exist_ok=True)
-    tmp = f"{p}.tmp-{os.getpid()}"
-    with fs.open(tmp, "wb") as f:
-        f.write(data)
-    fs.mv(tmp, p)
+    atomic_write(path, buf.getvalue())
 
 
 def write_report(report: dict, out_dir: str) -> dict[str, str]:
@@ -171,8 +160,8 @@ def write_report(report: dict, out_dir: str) -> dict[str, str]:
         "markdown": f"{out_dir.rstrip('/')}/report.md",
         "plot": f"{out_dir.rstrip('/')}/per_class_iou.png",
     }
-    write_bytes(paths["json"], json.dumps(report, indent=2, sort_keys=False).encode())
-    write_bytes(paths["markdown"], render_markdown(report).encode())
+    atomic_write(paths["json"], json.dumps(report, indent=2, sort_keys=False).encode())
+    atomic_write(paths["markdown"], render_markdown(report).encode())
     plot_per_class(report, paths["plot"])
     if report.get("proposal_sweep"):
         paths["sweep_plot"] = f"{out_dir.rstrip('/')}/proposals_curve.png"

@@ -21,7 +21,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import os
 import time
 from collections import Counter
 from dataclasses import dataclass
@@ -203,13 +202,11 @@ def run(cfg: SegmentConfig, plan: Plan | None = None) -> dict:
     """
     import ray
 
+    from pipeline.ray_session import ensure_ray
+
     start = time.time()
     plan = plan or prepare(cfg)
-    if not ray.is_initialized():
-        # Without an address, start a private local Ray rather than joining whatever
-        # /tmp/ray/ray_current_cluster names (possibly a crashed cluster: a long hang).
-        address = cfg.ray_address or (None if os.environ.get("RAY_ADDRESS") else "local")
-        ray.init(address=address)
+    ensure_ray(cfg.ray_address)
     res = stage_resources(cfg, ray.cluster_resources())
     statuses: Counter[str] = Counter()
     seen: set[str] = set()

@@ -19,12 +19,12 @@ import dataclasses
 import io
 import random
 
-import fsspec
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import ray
 
+from models.storage import atomic_write
 from pipeline.examples import augment, image_proposals, instance_examples, proposal_examples, whole_image_examples
 from pipeline.proposals import ProposalConfig
 from pipeline.train_config import Stage, TrainConfig
@@ -75,12 +75,7 @@ def cached_proposals(cfg: TrainConfig) -> list[dict]:
     table = pa.Table.from_pylist(rows, schema=schema)
     sink = io.BytesIO()
     pq.write_table(table, sink)
-    fs, p = fsspec.core.url_to_fs(path)
-    fs.makedirs(p.rsplit("/", 1)[0], exist_ok=True)
-    tmp = p + ".tmp"
-    with fs.open(tmp, "wb") as f:
-        f.write(sink.getvalue())
-    fs.mv(tmp, p)  # the cache is complete or absent
+    atomic_write(path, sink.getvalue())  # the cache is complete or absent
     return rows
 
 

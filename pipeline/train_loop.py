@@ -33,7 +33,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
-from models import CheckpointMeta, IGNORE_INDEX, IMAGENET_MEAN, IMAGENET_STD, build_model, load_checkpoint
+from models import IGNORE_INDEX, IMAGENET_MEAN, IMAGENET_STD, CheckpointMeta, build_model, load_checkpoint
 from models.deconvnet import deconvnet
 from models.fcn import FCN, fcn
 from pipeline.metrics import ConfusionMatrix
@@ -47,7 +47,6 @@ from pipeline.train_state import (
     weights_fingerprint,
 )
 from pipeline.voc import exists, join
-
 
 # --- model initialisation ------------------------------------------------------------------------
 

@@ -19,11 +19,11 @@ import json
 import os
 import time
 
-import fsspec
 import ray
 from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchTrainer
 
+from models.storage import atomic_write
 from pipeline.train_config import Stage, TrainConfig
 from pipeline.train_data import train_dataset, val_dataset
 from pipeline.train_loop import train_loop_per_worker
@@ -33,14 +33,6 @@ from pipeline.voc import exists, join, read_bytes, read_class_names
 
 def _storage_path(output: str) -> str:
     return output if "://" in output else os.path.abspath(output)
-
-
-def _write(path: str, data: bytes) -> None:
-    fs, p = fsspec.core.url_to_fs(path)
-    fs.makedirs(p.rsplit("/", 1)[0], exist_ok=True)
-    with fs.open(p + ".tmp", "wb") as f:
-        f.write(data)
-    fs.mv(p + ".tmp", p)  # complete or absent: its presence marks the stage as done
 
 
 def final_model_path(cfg: TrainConfig, stage: Stage) -> str:
@@ -85,7 +77,7 @@ def train_stage(cfg: TrainConfig, stage: Stage, class_names: list[str], init: st
         raise RuntimeError(f"{stage.name}: training finished without a checkpoint")
     with result.checkpoint.as_directory() as d:
         with open(os.path.join(d, MODEL_FILE), "rb") as f:
-            _write(final_model_path(cfg, stage), f.read())
+            atomic_write(final_model_path(cfg, stage), f.read())
     return dict(result.metrics or {})
 
 
@@ -122,7 +114,7 @@ def run_training(cfg: TrainConfig) -> dict[str, str]:
                   f"starting from {init or cfg.backbone_weights or 'random init'}", flush=True)
             t0 = time.time()
             metrics = train_stage(cfg, stage, class_names, init)
-            _write(join(cfg.output, f"{stage.name}.json"), json.dumps(metrics, indent=1, default=str).encode())
+            atomic_write(join(cfg.output, f"{stage.name}.json"), json.dumps(metrics, indent=1, default=str).encode())
             print(f"[train] {stage.name}: done in {time.time() - t0:.0f}s -> {final}", flush=True)
         done[stage.name] = final
         init = final

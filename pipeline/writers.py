@@ -19,17 +19,15 @@ from __future__ import annotations
 
 import hashlib
 import io
-import os
 import posixpath
-import tempfile
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
-from fsspec.implementations.local import LocalFileSystem
 from PIL import Image
 
-from pipeline.sources import ERRORS_DIR, PARQUET_DIR, join, safe_relpath, url_to_fs
+from models.storage import atomic_write
+from pipeline.sources import ERRORS_DIR, PARQUET_DIR, join, safe_relpath
 
 CLASS_FRACTION = pa.struct([("id", pa.int32()), ("name", pa.string()), ("fraction", pa.float32())])
 RESULT_SCHEMA = pa.schema(
@@ -58,25 +56,6 @@ ERROR_SCHEMA = pa.schema(
         ("config_hash", pa.string()),
     ]
 )
-
-
-def atomic_write(url: str, data: bytes) -> None:
-    """Write ``data`` to ``url`` so that the file is either complete or absent."""
-    fs, path = url_to_fs(url)
-    if isinstance(fs, LocalFileSystem):
-        directory = os.path.dirname(path)
-        os.makedirs(directory, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-")
-        try:
-            with os.fdopen(fd, "wb") as f:
-                f.write(data)
-            os.replace(tmp, path)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-            raise
-    else:
-        fs.pipe_file(path, data)
 
 
 def encode_mask(mask: np.ndarray, palette: list[list[int]]) -> bytes:

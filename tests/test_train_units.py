@@ -57,7 +57,7 @@ def test_job_flags_map_onto_the_config():
     args = job.get_args_parser().parse_args(
         ["--data", "s3://b/VOC2012", "--output", "s3://b/run", "--model", "deconvnet", "--stages", "1,2",
          "--backbone-weights", "imagenet", "--iterations", "100,200", "--no-mirror"])
-    cfg = TrainConfig(**vars(args))
+    cfg = job.config_from_args(args)
     assert cfg.stages == ("1", "2") and cfg.iterations == (100, 200) and cfg.backbone_weights == "imagenet"
     assert cfg.mirror is False and cfg.lr == 0.01
     assert "ray job submit --working-dir . -- python jobs/train.py" in job.__doc__
