@@ -13,7 +13,9 @@ import warnings
 
 import fsspec
 import numpy as np
-from PIL import Image, ImageOps
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from models.storage import retry_transient
 
 
 class EmptyFile(ValueError):
@@ -30,8 +32,17 @@ def _objects(values: list) -> np.ndarray:
     return column
 
 
+def _read(url: str) -> bytes:
+    with fsspec.open(url, "rb") as f:
+        return f.read()
+
+
 def read_bytes(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """Add a ``bytes`` column with each row's file content (rows already in error are skipped)."""
+    """Add a ``bytes`` column with each row's file content (rows already in error are skipped).
+
+    Transient storage errors are retried (``models.storage.retry_transient``): a row
+    becomes an error row only for a failure that persists.
+    """
     status = [str(s) for s in batch["status"]]
     errors = [str(e) for e in batch["error"]]
     data = [b""] * len(status)
@@ -39,8 +50,7 @@ def read_bytes(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         if status[i] != "ok":
             continue
         try:
-            with fsspec.open(str(path), "rb") as f:
-                data[i] = f.read()
+            data[i] = retry_transient(lambda: _read(str(path)), what=f"read {path}")
         except Exception as exc:
             status[i], errors[i] = type(exc).__name__, f"read {path}: {exc}"
     return {
@@ -66,12 +76,29 @@ def to_rgb(img: Image.Image) -> np.ndarray:
     return np.ascontiguousarray(np.asarray(img, dtype=np.uint8))
 
 
+def _open(data: bytes) -> Image.Image:
+    try:
+        return Image.open(io.BytesIO(data))
+    except Image.DecompressionBombError as exc:  # declared size beyond Pillow's own hard limit
+        raise ImageTooLarge(f"declared size refused by Pillow: {exc}") from exc
+    except UnidentifiedImageError as exc:  # Pillow's message names a BytesIO object, not the file
+        raise UnidentifiedImageError(
+            f"not an image format Pillow reads ({len(data)} bytes, starting {data[:8]!r})"
+        ) from exc
+
+
 def decode_image(data: bytes, max_pixels: int) -> np.ndarray:
+    """RGB uint8 ``(H, W, 3)`` of an encoded image; multi-frame files (GIF, TIFF...) give their first frame.
+
+    The declared size is checked against ``max_pixels`` before any pixel is decoded,
+    so a decompression bomb (huge declared size, tiny file) costs nothing.
+    """
     if len(data) == 0:
         raise EmptyFile("file is empty")
     with warnings.catch_warnings():
-        warnings.simplefilter("error", Image.DecompressionBombWarning)
-        img = Image.open(io.BytesIO(data))
+        # Pillow warns above its MAX_IMAGE_PIXELS (89 M); max_pixels is the limit that counts here.
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        img = _open(data)
         width, height = img.size
         if width * height > max_pixels:
             raise ImageTooLarge(f"{width}x{height} = {width * height} pixels > max_pixels {max_pixels}")
