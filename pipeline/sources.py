@@ -162,10 +162,37 @@ def check_output_location(input_root: str, output: str) -> None:
         raise ValueError(f"output {output!r} is inside the input {input_root!r}; choose a folder outside it")
 
 
+def _is_utf8(name: str) -> bool:
+    # Local file names are bytes; Python maps undecodable bytes to lone surrogates.
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _printable(name: str) -> str:
+    return name.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
 def assign_outputs(items: list[dict]) -> list[dict]:
-    """Add ``mask_key``, ``status`` and ``error``: invalid or colliding ids become error rows."""
+    """Add ``mask_key``, ``status`` and ``error``: invalid or colliding ids become error rows.
+
+    A local file name that is not valid UTF-8 cannot be stored in Parquet or used as an
+    object key: it becomes an ``InvalidImageId`` row whose ids show the bytes escaped.
+    """
     seen: dict[str, str] = {}
     for item in items:
+        if not (_is_utf8(item["image_id"]) and _is_utf8(item["path"])):
+            item.update(
+                image_id=_printable(item["image_id"]),
+                path=_printable(item["path"]),
+                mask_key="",
+                status="InvalidImageId",
+                error="file name is not valid UTF-8 (Parquet, object stores and the output need UTF-8); rename it",
+                needs_row=True,
+            )
+            continue
         key = mask_key(item["image_id"])
         item.update(mask_key=key, status="ok", error="", needs_row=True)
         if not key:
