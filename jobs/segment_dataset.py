@@ -75,6 +75,12 @@ def get_args_parser() -> argparse.ArgumentParser:
     )
     g.add_argument("--proposal-actors", type=int, default=None, help="default: from the cluster's CPUs")
     g.add_argument("--crf-actors", type=int, default=None, help="default: from the cluster's CPUs")
+    g.add_argument(
+        "--task-retries",
+        type=int,
+        default=SegmentConfig.task_retries,
+        help="retries of a task or actor call whose worker process died (lost node, OOM kill); default 3",
+    )
     return p
 
 
@@ -98,6 +104,7 @@ def config_from_args(args: argparse.Namespace) -> SegmentConfig:
         model_gpus=args.model_gpus,
         proposal_actors=args.proposal_actors,
         crf_actors=args.crf_actors,
+        task_retries=args.task_retries,
     )
 
 

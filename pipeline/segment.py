@@ -142,11 +142,22 @@ def build_dataset(cfg: SegmentConfig, plan: Plan, res: StageResources):
     n = len(plan.todo)
     blocks = max(1, min(n, max(8, math.ceil(n / 16))))
     share = res.cpu_share
+    # A task or actor call whose process dies (lost node, OOM kill, native crash) is retried,
+    # a bounded number of times: Ray Data's default is forever, so an input that kills its
+    # worker every time would hang the job. Dead actors are always restarted. A retry redoes
+    # the same batches, and every write is named by its content, so retries add no rows.
+    task_retry = {"max_retries": cfg.task_retries}
+    actor_retry = {"max_restarts": -1, "max_task_retries": cfg.task_retries}
     return (
         ray.data.from_items(plan.todo, override_num_blocks=blocks)
-        .map_batches(read_bytes, batch_size=8, batch_format="numpy", num_cpus=share)
+        .map_batches(read_bytes, batch_size=8, batch_format="numpy", num_cpus=share, **task_retry)
         .map_batches(
-            decode_images, fn_kwargs={"max_pixels": cfg.max_pixels}, batch_size=8, batch_format="numpy", num_cpus=share
+            decode_images,
+            fn_kwargs={"max_pixels": cfg.max_pixels},
+            batch_size=8,
+            batch_format="numpy",
+            num_cpus=share,
+            **task_retry,
         )
         .map_batches(
             ProposalStage,
@@ -155,6 +166,7 @@ def build_dataset(cfg: SegmentConfig, plan: Plan, res: StageResources):
             batch_format="numpy",
             num_cpus=share,
             concurrency=(1, res.proposal_actors),
+            **actor_retry,
         )
         .map_batches(
             Segmenter,
@@ -168,6 +180,7 @@ def build_dataset(cfg: SegmentConfig, plan: Plan, res: StageResources):
             num_cpus=share if res.model_gpus == 0 else 1,
             num_gpus=res.model_gpus,
             concurrency=res.model_actors,
+            **actor_retry,
         )
         .map_batches(
             CRFStage,
@@ -176,6 +189,7 @@ def build_dataset(cfg: SegmentConfig, plan: Plan, res: StageResources):
             batch_format="numpy",
             num_cpus=share,
             concurrency=(1, res.crf_actors),
+            **actor_retry,
         )
         .map_batches(
             write_outputs,
@@ -191,6 +205,7 @@ def build_dataset(cfg: SegmentConfig, plan: Plan, res: StageResources):
             batch_size=cfg.write_batch_size,
             batch_format="numpy",
             num_cpus=share,
+            **task_retry,
         )
     )
 

@@ -57,6 +57,9 @@ class SegmentConfig:
     model_gpus: float | None = None  # GPUs per model actor; None: 1 if the cluster has GPUs at start, else 0
     proposal_actors: int | None = None  # None: from the cluster's CPUs
     crf_actors: int | None = None  # None: from the cluster's CPUs
+    # Ray retries of a task / actor call whose process died (lost node, OOM kill, crash);
+    # bounded so that an input that kills its worker every time fails the job, not hangs it.
+    task_retries: int = 3
 
     @property
     def formats(self) -> tuple[str, ...]:
@@ -74,6 +77,8 @@ class SegmentConfig:
         for name in ("batch_size", "write_batch_size", "max_pixels"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1")
+        if self.task_retries < 0:
+            raise ValueError("task_retries must be >= 0")
         if self.inference.micro_batch < 1:
             raise ValueError("micro_batch must be >= 1")
 

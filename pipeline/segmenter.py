@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from torchvision.ops import roi_align
 
 from models import load_checkpoint
+from pipeline.faults import inject
 
 CROP_SIZE = 224  # DeconvNet's input size (paper Table 2)
 
@@ -217,6 +218,7 @@ class Segmenter:
         return canvases
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        inject("model_batch", batch.get("image_id", ()))  # tests only: a killed model actor
         status = [str(s) for s in batch["status"]]
         errors = [str(e) for e in batch["error"]]
         ok = [i for i, s in enumerate(status) if s == "ok"]

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import json
 import posixpath
 
 import numpy as np
@@ -27,6 +28,7 @@ import pyarrow.parquet as pq
 from PIL import Image
 
 from models.storage import atomic_write
+from pipeline.faults import inject
 from pipeline.sources import ERRORS_DIR, PARQUET_DIR, join, safe_relpath
 
 CLASS_FRACTION = pa.struct([("id", pa.int32()), ("name", pa.string()), ("fraction", pa.float32())])
@@ -79,7 +81,9 @@ def class_fractions(mask: np.ndarray, class_names: list[str]) -> list[dict]:
 
 
 def _part_name(image_ids: list[str]) -> str:
-    digest = hashlib.sha256("\n".join(sorted(image_ids)).encode()).hexdigest()[:20]
+    # JSON, not a joined string: ids may contain any character, and {"a\nb"} must not name
+    # the same part as {"a", "b"} (the second part would replace the first one's rows).
+    digest = hashlib.sha256(json.dumps(sorted(image_ids)).encode()).hexdigest()[:20]
     return f"part-{digest}.parquet"
 
 
@@ -133,6 +137,7 @@ def write_outputs(
         results.append(row)
         if not ok:
             failures.append({k: row[k] for k in ERROR_SCHEMA.names})
+    inject("write_rows", batch["image_id"])  # tests only: a write task killed between PNGs and rows
     rows = [r for r, needed in zip(results, batch["needs_row"]) if needed]  # rerun: no second row for an id
     if "parquet" in formats and rows:
         name = _part_name([r["image_id"] for r in rows])
