@@ -2,11 +2,18 @@
 
 Used by the tests, the demo and the committed demo checkpoints. Each image has a
 textured, noisy background and several object instances of a few shape classes,
-painted in order so later ones occlude earlier ones. Object sizes are log-uniform from
-a few pixels to nearly the whole image, so it is hard in the ways the DeconvNet paper
-discusses: small objects a whole-image FCN tends to miss and large ones it labels
-inconsistently. Colours are shared between classes (each class draws from two
-palettes that overlap with others'), so shape, not colour alone, tells classes apart.
+painted in order so later ones occlude earlier ones. It is hard in the ways the
+DeconvNet paper discusses:
+
+- object sizes are log-uniform from a few pixels to nearly the whole image, so there
+  are small objects a whole-image FCN tends to miss and large ones;
+- colours are shared between classes (each class draws from two palettes that
+  overlap with others'), and large objects are often two-toned (split along a random
+  line into both of their class's colours), so a local window of a large object looks
+  like another class and only its whole shape tells: what FCN's fixed receptive field
+  labels inconsistently and an object-sized proposal sees at once;
+- the background holds irregular blobs in the objects' colours and textures
+  (labelled background), so colour and texture alone never give the class.
 
 Layout written under ``root``::
 
@@ -38,6 +45,8 @@ _CLASS_COLOURS = {
     5: [(200, 80, 200), (220, 60, 50)],
 }
 _TEXTURES = ("flat", "stripes", "checker", "dots")
+# The dataset the demo checkpoints are trained on; the demo labels its val split.
+DEMO_DATASET = dict(n_train=300, n_val=20, size=(240, 320), seed=2026)
 
 
 def _shape_mask(size: tuple[int, int], cls: int, cx: float, cy: float, r: float, angle: float) -> np.ndarray:
@@ -90,7 +99,35 @@ def _background(rng: np.random.Generator, size: tuple[int, int]) -> np.ndarray:
     grain = np.asarray(
         Image.fromarray(rng.integers(0, 255, (h, w), dtype=np.uint8)).filter(ImageFilter.GaussianBlur(1.5)), np.float32
     )
-    return low * 0.8 + (grain[..., None] - 128) * 0.5
+    image = low * 0.8 + (grain[..., None] - 128) * 0.5
+    for _ in range(int(rng.integers(0, 4))):  # distractors: object colours on shapeless blobs
+        blob = _blob_mask(rng, size)
+        colour = _CLASS_COLOURS[int(rng.integers(1, len(SYNTH_CLASSES)))][int(rng.integers(0, 2))]
+        tex = _texture(rng, size, colour, _TEXTURES[int(rng.integers(0, len(_TEXTURES)))])
+        image[blob] = tex[blob]
+    return image
+
+
+def _blob_mask(rng: np.random.Generator, size: tuple[int, int]) -> np.ndarray:
+    # Thresholded smooth noise inside a random window: irregular, no class's shape.
+    h, w = size
+    bh, bw = int(h * rng.uniform(0.1, 0.35)) + 2, int(w * rng.uniform(0.1, 0.35)) + 2
+    noise = rng.uniform(0, 255, size=(4, 4)).astype(np.uint8)
+    field = np.asarray(Image.fromarray(noise).resize((bw, bh), Image.BICUBIC), np.float32)
+    y0, x0 = int(rng.integers(0, h - bh + 1)), int(rng.integers(0, w - bw + 1))
+    mask = np.zeros((h, w), bool)
+    mask[y0 : y0 + bh, x0 : x0 + bw] = field > 150
+    return mask
+
+
+def _two_tone(rng: np.random.Generator, size, cls: int, cx: float, cy: float, kind: str) -> np.ndarray:
+    # Both of the class's colours, split by a random line through the object's centre.
+    h, w = size
+    a, b = (_texture(rng, size, c, kind) for c in _CLASS_COLOURS[cls])
+    yy, xx = np.mgrid[0:h, 0:w]
+    t = rng.uniform(0, math.pi)
+    side = (xx - cx) * math.cos(t) + (yy - cy) * math.sin(t) > 0
+    return np.where(side[..., None], a, b)
 
 
 def render_sample(
@@ -111,8 +148,11 @@ def render_sample(
         mask = _shape_mask(size, cls, cx, cy, r, rng.uniform(0, math.pi))
         if mask.sum() < 4:
             continue
-        colour = _CLASS_COLOURS[cls][int(rng.integers(0, 2))]
-        tex = _texture(rng, size, colour, _TEXTURES[int(rng.integers(0, len(_TEXTURES)))])
+        kind = _TEXTURES[int(rng.integers(0, len(_TEXTURES)))]
+        if r > 0.2 * side and rng.uniform() < 0.6:
+            tex = _two_tone(rng, size, cls, cx, cy, kind)
+        else:
+            tex = _texture(rng, size, _CLASS_COLOURS[cls][int(rng.integers(0, 2))], kind)
         image[mask] = tex[mask]
         painted += 1
         cls_map[mask] = cls
@@ -156,6 +196,7 @@ def generate_voc(
     seed: int = 0,
     max_objects: int = 5,
     void_border: int = 1,
+    splits: tuple[str, ...] = ("train", "val"),
 ) -> list[str]:
     """Write a synthetic VOC-layout dataset to ``root``; returns the class names.
 
@@ -166,24 +207,57 @@ def generate_voc(
         seed: everything is a function of the seed.
         max_objects: instances per image are 1..max_objects (before occlusion).
         void_border: width of the void (255) band on object outlines; 0 for none.
+        splits: which splits to write; ``("val",)`` writes the val images (and val.txt)
+            alone, identical to those of a full run with the same arguments.
     """
     for sub in ("JPEGImages", "SegmentationClass", "SegmentationObject", "ImageSets/Segmentation"):
         os.makedirs(os.path.join(root, sub), exist_ok=True)
-    splits: dict[str, list[str]] = {"train": [], "val": []}
+    written: dict[str, list[str]] = {"train": [], "val": []}
     for i in range(n_train + n_val):
         split = "train" if i < n_train else "val"
+        if split not in splits:
+            continue  # each image has its own generator: skipping one changes no other
         rng = np.random.default_rng([seed, i])
         hw = (int(size[0] * rng.uniform(0.8, 1.0)), int(size[1] * rng.uniform(0.8, 1.0)))
         image, cls_map, obj_map = render_sample(rng, hw, max_objects, void_border)
         image_id = f"synth_{i:05d}"
+        written[split].append(image_id)
         Image.fromarray(image).save(os.path.join(root, "JPEGImages", f"{image_id}.jpg"), quality=92)
         _save_palette_png(os.path.join(root, "SegmentationClass", f"{image_id}.png"), cls_map)
         _save_palette_png(os.path.join(root, "SegmentationObject", f"{image_id}.png"), obj_map)
-        splits[split].append(image_id)
     sets = os.path.join(root, "ImageSets", "Segmentation")
-    for name, ids in (*splits.items(), ("trainval", splits["train"] + splits["val"])):
+    lists = {name: written[name] for name in splits}
+    if len(lists) == 2:
+        lists["trainval"] = written["train"] + written["val"]
+    for name, ids in lists.items():
         with open(os.path.join(sets, f"{name}.txt"), "w") as f:
             f.write("".join(f"{x}\n" for x in ids))
     with open(os.path.join(root, "classes.txt"), "w") as f:
         f.write("".join(f"{c}\n" for c in SYNTH_CLASSES))
     return list(SYNTH_CLASSES)
+
+
+def main(argv: list[str] | None = None) -> None:
+    import argparse
+
+    p = argparse.ArgumentParser(description="Write the procedural VOC-layout dataset (deterministic from --seed).")
+    p.add_argument("root", help="output folder")
+    p.add_argument("--preset", choices=["demo"], help="the demo checkpoints' dataset (overrides the sizes and seed)")
+    p.add_argument("--train", type=int, default=20, help="train images")
+    p.add_argument("--val", type=int, default=10, help="val images")
+    p.add_argument("--size", default="375,500", help="largest H,W")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--max-objects", type=int, default=5)
+    p.add_argument("--splits", default="train,val", help="splits to write, e.g. 'val' for the val images alone")
+    args = p.parse_args(argv)
+    h, w = (int(v) for v in args.size.split(","))
+    sizes = dict(n_train=args.train, n_val=args.val, size=(h, w), seed=args.seed)
+    if args.preset == "demo":
+        sizes = DEMO_DATASET
+    splits = tuple(s for s in args.splits.split(",") if s)
+    generate_voc(args.root, **sizes, max_objects=args.max_objects, splits=splits)
+    print(f"wrote {args.root} ({', '.join(splits)}; {sizes})")
+
+
+if __name__ == "__main__":
+    main()

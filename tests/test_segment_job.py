@@ -3,20 +3,14 @@
 from __future__ import annotations
 
 import json
-import os
-import secrets
-import shutil
-import signal
 import subprocess
 import sys
-import tempfile
-import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 
 import pytest
-from segment_fixtures import free_port, make_checkpoints, write_images
+from segment_fixtures import make_checkpoints, write_images
+
+from pipeline.local_head import leftover_processes, local_head
 
 pytestmark = pytest.mark.slow
 
@@ -24,128 +18,24 @@ REPO = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
 
 
-def _wait_for_dashboard(url: str, proc: subprocess.Popen, timeout: float = 120.0) -> None:
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"ray start exited with {proc.returncode}")
-        try:
-            urllib.request.urlopen(url + "/api/version", timeout=2)
-            return
-        except urllib.error.HTTPError:  # answering (e.g. 401 with token auth) means it is up
-            return
-        except OSError:
-            time.sleep(0.5)
-    raise TimeoutError(f"no Ray dashboard at {url} after {timeout} s")
-
-
 @pytest.fixture(scope="module")
 def ray_head():
-    """``ray start --head`` on free ports, in its own temp dir and process group; stopped afterwards.
-
-    RAY_TMPDIR keeps its session files (and the "current cluster" address file) away from
-    any other Ray on the machine; stopping signals only this process group, never `ray stop`.
-    """
-    tmp = tempfile.mkdtemp(prefix="rj", dir="/tmp")  # short: Ray's unix socket paths have a length limit
-    # Every port explicit and free: other Ray instances on the machine hold the defaults.
-    ports = {
-        name: free_port()
-        for name in (
-            "port",
-            "dashboard-port",
-            "dashboard-agent-listen-port",
-            "dashboard-agent-grpc-port",
-            "runtime-env-agent-port",
-            "metrics-export-port",
-            "ray-client-server-port",
-            "node-manager-port",
-            "object-manager-port",
-        )
-    }
-    env = {
-        **os.environ,
-        "RAY_TMPDIR": tmp,
-        "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
-        # Token auth as Ray recommends, with a token of this test's own (not ~/.ray/auth_token).
-        "RAY_AUTH_MODE": "token",
-        "RAY_AUTH_TOKEN": secrets.token_hex(16),
-    }
-    cmd = [
-        str(BIN / "ray"),
-        "start",
-        "--head",
-        "--block",
-        "--num-cpus",
-        "2",
-        "--include-dashboard",
-        "true",
-        "--dashboard-host",
-        "127.0.0.1",
-        "--disable-usage-stats",
-    ]
-    cmd += [arg for name, port in ports.items() for arg in (f"--{name}", str(port))]
-    log = open(Path(tmp) / "ray-start.log", "w")
-    proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    url = f"http://127.0.0.1:{ports['dashboard-port']}"
-    try:
-        _wait_for_dashboard(url, proc)
-        yield url, env
-    finally:
-        proc.send_signal(signal.SIGTERM)  # `ray start --block` shuts its own processes down on SIGTERM
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-        try:
-            os.killpg(proc.pid, signal.SIGKILL)  # anything of this head still alive in its process group
-        except ProcessLookupError:
-            pass
-        log.close()
-        shutil.rmtree(tmp, ignore_errors=True)
-        time.sleep(1)
-        leftovers = subprocess.run(["pgrep", "-f", tmp], capture_output=True, text=True).stdout.split()
-        assert not leftovers, f"Ray processes of the test head still running: {leftovers}"
+    """A private ``ray start --head`` (free ports, own temp dir, token auth), stopped afterwards."""
+    with local_head(num_cpus=2) as head:
+        yield head
+    assert not leftover_processes(head.tmpdir), "Ray processes of the test head still running"
 
 
 def test_ray_job_submit_runs_the_job(tmp_path, ray_head):
-    url, env = ray_head
     ckpts = make_checkpoints(tmp_path / "ckpt")
     inp, out = tmp_path / "images", tmp_path / "masks"
     write_images(inp, {"one.jpg": (64, 80), "nested/two.png": (72, 64)})
     (inp / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated")
-    cmd = [
-        str(BIN / "ray"),
-        "job",
-        "submit",
-        "--address",
-        url,
-        "--working-dir",
-        str(REPO),
-        "--",
-        "python",
-        "jobs/segment_dataset.py",
-        "--input",
-        str(inp),
-        "--output",
-        str(out),
-        "--checkpoint",
-        ckpts[0],
-        "--fcn-checkpoint",
-        ckpts[1],
-        "--top-k",
-        "2",
-        "--micro-batch",
-        "4",
-        "--crf-iterations",
-        "3",
-    ]
-    for _ in range(10):  # the head's job agent comes up a few seconds after its dashboard
-        done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=420, cwd=REPO)
-        text = done.stdout + done.stderr
-        if "No available agent to submit job" not in text:
-            break
-        time.sleep(3)
+    args = ["python", "jobs/segment_dataset.py", "--input", str(inp), "--output", str(out),
+            "--checkpoint", ckpts[0], "--fcn-checkpoint", ckpts[1],
+            "--top-k", "2", "--micro-batch", "4", "--crf-iterations", "3"]
+    done = ray_head.submit(args, working_dir=str(REPO), timeout=420)
+    text = done.stdout
     assert done.returncode == 0, text[-4000:]
     assert "succeeded" in text.lower(), text[-4000:]
     assert "segment_dataset: 3 images processed (2 written, 1 errors" in text, text[-4000:]

@@ -54,3 +54,30 @@ def test_generator_writes_valid_voc_layout(tmp_path):
         ids = sorted(set(np.unique(obj)) - {0, 255})
         assert ids == list(range(1, len(ids) + 1))  # instances numbered 1..n
     assert len(seen_classes) >= 3
+
+
+def test_writing_one_split_gives_the_full_runs_images(tmp_path):
+    full, val = tmp_path / "full", tmp_path / "val"
+    generate_voc(str(full), n_train=3, n_val=2, size=(64, 80), seed=5)
+    generate_voc(str(val), n_train=3, n_val=2, size=(64, 80), seed=5, splits=("val",))
+    ids = (val / "ImageSets" / "Segmentation" / "val.txt").read_text().split()
+    assert ids == (full / "ImageSets" / "Segmentation" / "val.txt").read_text().split()
+    assert sorted(p.stem for p in (val / "JPEGImages").iterdir()) == ids
+    assert not (val / "ImageSets" / "Segmentation" / "train.txt").exists()
+    for sub, ext in (("JPEGImages", "jpg"), ("SegmentationClass", "png"), ("SegmentationObject", "png")):
+        for image_id in ids:
+            assert (val / sub / f"{image_id}.{ext}").read_bytes() == (full / sub / f"{image_id}.{ext}").read_bytes()
+
+
+def test_images_hold_small_and_large_objects_and_background_distractors(tmp_path):
+    generate_voc(str(tmp_path), n_train=30, n_val=0, size=(120, 160), seed=1)
+    areas = []
+    for path in (tmp_path / "SegmentationObject").iterdir():
+        obj = np.asarray(Image.open(path))
+        areas += [np.mean(obj == k) for k in set(np.unique(obj)) - {0, 255}]
+    # log-uniform sizes: tiny objects (< 0.5% of the image) and large ones (> 20%)
+    assert min(areas) < 0.005 and max(areas) > 0.2
+    assert np.mean(np.array(areas) < 0.01) > 0.1  # and many small ones
+    # distractor blobs paint object colours on background: background is not one smooth field
+    img = np.asarray(Image.open(next((tmp_path / "JPEGImages").iterdir())), np.float32)
+    assert img.std() > 20
