@@ -65,6 +65,7 @@ class TrainConfig:
     max_failures: int = 3  # worker failures Ray Train recovers from (from the latest checkpoint)
     log_every: int = 1  # iteration log line every N iterations (rank 0)
     crash_at: int | None = None  # testing only: fail once at this iteration, to exercise resume
+    crash_exit: bool = False  # testing only: at crash_at, kill the worker process (os._exit) instead of raising
 
     def __post_init__(self) -> None:
         if self.model not in MODELS:

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import os
 import sys
 import tempfile
 import time
@@ -36,6 +37,7 @@ from torch import nn
 from models import IGNORE_INDEX, IMAGENET_MEAN, IMAGENET_STD, CheckpointMeta, build_model, load_checkpoint
 from models.deconvnet import deconvnet
 from models.fcn import FCN, fcn
+from pipeline.faults import KILL_EXIT_CODE
 from pipeline.metrics import ConfusionMatrix
 from pipeline.train_bn import population_statistics
 from pipeline.train_config import Stage, TrainConfig
@@ -170,6 +172,8 @@ def _maybe_crash(cfg: TrainConfig, stage: Stage, iteration: int, rank: int) -> N
         return
     with fsspec.open(marker, "w") as f:
         f.write("injected failure\n")
+    if cfg.crash_exit:  # the process dies as on a lost node or an OOM kill: no exception reaches Ray Train
+        os._exit(KILL_EXIT_CODE)
     raise RuntimeError(f"injected failure at iteration {iteration} (crash_at)")
 
 

@@ -1,8 +1,8 @@
 """Training with a real local Ray (2 CPU workers, gloo) on a tiny generated VOC-layout dataset.
 
 Covers: DeconvNet stage 1 -> stage 2 (loss goes down, checkpoints load, stage 2 starts
-from stage 1's exact weights, proposals cached once, a worker failure is recovered by
-Ray Train), and FCN-32s -> 16s -> 8s through ``jobs/train.py`` with an interrupted run
+from stage 1's exact weights, proposals cached once, a worker process killed part-way is
+restarted by Ray Train from the last checkpoint), and FCN-32s -> 16s -> 8s through ``jobs/train.py`` with an interrupted run
 resumed by re-running the same command. Each Ray Train run costs ~30 s of fixed
 start/stop overhead on a 2-core machine, so the scenarios share runs.
 """
@@ -62,10 +62,11 @@ def _tiny(**kw) -> TrainConfig:
 
 def test_deconvnet_two_stages(ray_local, synth_voc, tmp_path):
     out = str(tmp_path / "run")
-    # crash_at=10 with max_failures=1: a worker dies once in stage 1 and Ray Train restarts
-    # the worker group, which resumes from the iteration-8 checkpoint.
+    # crash_at=10, crash_exit, max_failures=1: rank 0's process is killed (os._exit, as on a lost
+    # node) once in stage 1; Ray Train restarts the worker group from the iteration-8 checkpoint.
     cfg = _tiny(data=synth_voc, output=out, model="deconvnet", iterations=(24, 4), resize=232, crop=224, lr=0.05,
-                checkpoint_every=8, proposal_min_side=20, stage2_iou=0.5, crash_at=10, max_failures=1)
+                checkpoint_every=8, proposal_min_side=20, stage2_iou=0.5, crash_at=10, crash_exit=True,
+                max_failures=1)
     done = run_training(cfg)
     assert list(done) == ["deconvnet-stage1", "deconvnet-stage2"]
 
