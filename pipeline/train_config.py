@@ -9,6 +9,7 @@ one Ray Train run per stage plus the exported model of each finished stage.
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass
 
 MODELS = ("deconvnet", "fcn")
@@ -68,6 +69,11 @@ class TrainConfig:
     crash_exit: bool = False  # testing only: at crash_at, kill the worker process (os._exit) instead of raising
 
     def __post_init__(self) -> None:
+        # Ray Train runs workers in their own working directory: local paths must be absolute.
+        self.data, self.output = _absolute(self.data), _absolute(self.output)
+        self.init_from, self.edge_model = _absolute(self.init_from), _absolute(self.edge_model)
+        if self.backbone_weights not in (None, "imagenet"):
+            self.backbone_weights = _absolute(self.backbone_weights)
         if self.model not in MODELS:
             raise ValueError(f"model must be one of {MODELS}, got {self.model!r}")
         self.stages = tuple(str(s) for s in self.stages) or STAGES[self.model]
@@ -98,6 +104,13 @@ class TrainConfig:
 
     def plan(self) -> list["Stage"]:
         return [stage(self.model, s, n) for s, n in zip(self.stages, self.iterations)]
+
+
+def _absolute(path: str | None) -> str | None:
+    """Local paths made absolute; URLs (``scheme://``) and None unchanged."""
+    if path is None or "://" in path:
+        return path
+    return os.path.abspath(path)
 
 
 @dataclass

@@ -149,3 +149,13 @@ def test_memory_urls_are_refused_before_any_work():
 
     with pytest.raises(ValueError, match="Ray workers cannot see it"):
         check_paths_and_resources(TrainConfig(data="memory://voc", output="/tmp/run"))
+
+
+def test_local_paths_become_absolute_urls_stay(tmp_path, monkeypatch):
+    # Ray Train workers run in a directory of their own: a relative --output broke stage 2's init.
+    monkeypatch.chdir(tmp_path)
+    cfg = TrainConfig(data="voc", output="runs/x", init_from="a.safetensors", backbone_weights="vgg.pth")
+    assert (cfg.data, cfg.output) == (str(tmp_path / "voc"), str(tmp_path / "runs" / "x"))
+    assert cfg.init_from == str(tmp_path / "a.safetensors") and cfg.backbone_weights == str(tmp_path / "vgg.pth")
+    remote = TrainConfig(data="s3://b/voc", output="gs://b/run", backbone_weights="imagenet")
+    assert (remote.data, remote.output, remote.backbone_weights) == ("s3://b/voc", "gs://b/run", "imagenet")
