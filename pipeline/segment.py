@@ -19,9 +19,11 @@ was not skipped comes back exactly once from the writer.
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import json
 import math
 import time
+import warnings
 from collections import Counter
 from dataclasses import dataclass
 
@@ -131,6 +133,30 @@ def stage_resources(cfg: SegmentConfig, resources: dict[str, float]) -> StageRes
 
 def build_dataset(cfg: SegmentConfig, plan: Plan, res: StageResources):
     """The lazy Ray Data chain over ``plan.todo``; iterating it runs the job."""
+    task_retry, actor_retry = retry_args(cfg.task_retries)
+    with warnings.catch_warnings():  # see retry_args
+        warnings.filterwarnings("ignore", message=".*ray_remote_args.*deprecated")
+        return _chain(cfg, plan, res, task_retry, actor_retry)
+
+
+def retry_args(retries: int) -> tuple[dict, dict]:
+    """``map_batches`` options for task stages and actor stages: bounded retries of dead processes.
+
+    A task or actor call whose process dies (lost node, OOM kill, native crash) is retried
+    ``retries`` times: Ray Data's default is forever, so an input that kills its worker
+    every time would hang the job. Dead actors are always restarted. A retry redoes the
+    same batches, and every write is named by its content, so retries add no rows.
+    Ray 2.60 deprecates these ``**ray_remote_args`` (removal planned for 2.64) without a
+    named replacement yet; without them Ray's own (unbounded) defaults apply.
+    """
+    import ray
+
+    if "ray_remote_args" not in inspect.signature(ray.data.Dataset.map_batches).parameters:
+        return {}, {}
+    return {"max_retries": retries}, {"max_restarts": -1, "max_task_retries": retries}
+
+
+def _chain(cfg: SegmentConfig, plan: Plan, res: StageResources, task_retry: dict, actor_retry: dict):
     import ray
 
     from pipeline.crf import CRFStage
@@ -142,12 +168,6 @@ def build_dataset(cfg: SegmentConfig, plan: Plan, res: StageResources):
     n = len(plan.todo)
     blocks = max(1, min(n, max(8, math.ceil(n / 16))))
     share = res.cpu_share
-    # A task or actor call whose process dies (lost node, OOM kill, native crash) is retried,
-    # a bounded number of times: Ray Data's default is forever, so an input that kills its
-    # worker every time would hang the job. Dead actors are always restarted. A retry redoes
-    # the same batches, and every write is named by its content, so retries add no rows.
-    task_retry = {"max_retries": cfg.task_retries}
-    actor_retry = {"max_restarts": -1, "max_task_retries": cfg.task_retries}
     return (
         ray.data.from_items(plan.todo, override_num_blocks=blocks)
         .map_batches(read_bytes, batch_size=8, batch_format="numpy", num_cpus=share, **task_retry)
@@ -226,12 +246,21 @@ def run(cfg: SegmentConfig, plan: Plan | None = None) -> dict:
     statuses: Counter[str] = Counter()
     seen: set[str] = set()
     duplicates = 0
-    if plan.todo:
-        for batch in build_dataset(cfg, plan, res).iter_batches(batch_size=256, batch_format="numpy"):
-            for image_id, status in zip(batch["image_id"], batch["status"]):
-                duplicates += image_id in seen
-                seen.add(str(image_id))
-                statuses[str(status)] += 1
+    try:
+        if plan.todo:
+            for batch in build_dataset(cfg, plan, res).iter_batches(batch_size=256, batch_format="numpy"):
+                for image_id, status in zip(batch["image_id"], batch["status"]):
+                    duplicates += image_id in seen
+                    seen.add(str(image_id))
+                    statuses[str(status)] += 1
+    except Exception as exc:
+        exc.add_note(
+            f"segment_dataset: stopped after {len(seen)} of {len(plan.todo)} images. What was written is complete, "
+            "and the same command resumes. A task whose worker process died more than --task-retries "
+            f"({cfg.task_retries}) times fails the job: look in the Ray logs for why it died (out of memory, or a "
+            "crash on one input, which then needs removing)."
+        )
+        raise
     elapsed = time.time() - start
     processed = sum(statuses.values())
     errors = processed - statuses.get("ok", 0)
