@@ -2,12 +2,21 @@
 
 from __future__ import annotations
 
+import errno
+import hashlib
 import io
+import os
 import socket
+import struct
+import zlib
 from pathlib import Path
 
+import cv2
+import fsspec
 import numpy as np
 import torch
+from fsspec.implementations.local import LocalFileSystem
+from fsspec.spec import AbstractFileSystem
 from PIL import Image
 
 from models import FCN, DeconvNet, save_checkpoint
@@ -90,6 +99,129 @@ def write_odd_inputs(folder: Path) -> dict[str, str]:
     Image.fromarray(scene(15, 64, 64)).convert("P", palette=Image.Palette.ADAPTIVE).save(folder / "palette.gif")
     expected["palette.gif"] = "ok"
     return expected
+
+
+def png_declaring(width: int, height: int) -> bytes:
+    """A valid-looking PNG (correct CRCs) that declares ``width x height`` but holds one short row: a bomb's header."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)  # 8-bit RGB
+    idat = zlib.compress(b"\x00" * (1 + 3 * 64))
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", idat) + chunk(b"IEND", b"")
+
+
+NON_UTF8_NAME = b"latin1-caf\xe9.jpg"  # a Latin-1 file name: not valid UTF-8
+
+
+def write_hostile_inputs(folder: Path, max_pixels: int) -> dict[str, str]:
+    """Inputs an attacker or a messy bucket supplies, beyond ``write_odd_inputs``; image_id -> expected status.
+
+    ``max_pixels`` is the limit the job will run with: ``too_large.png`` exceeds it by one
+    row, the bombs declare far more than it (one beyond Pillow's own hard limit).
+    """
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(5)
+    expected = {}
+
+    def put(name: str, data: bytes, status: str) -> None:
+        path = folder / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(data)
+        expected[name] = status
+
+    def encoded(array: np.ndarray, fmt: str, mode: str = "RGB", **kw) -> bytes:
+        buf = io.BytesIO()
+        Image.fromarray(array).convert(mode).save(buf, format=fmt, **kw)
+        return buf.getvalue()
+
+    put("noise.jpg", rng.bytes(4096), "UnidentifiedImageError")
+    put("noise-with-png-signature.png", b"\x89PNG\r\n\x1a\n" + rng.bytes(4096), "UnidentifiedImageError")
+    put("bomb.png", png_declaring(100_000, 100_000), "ImageTooLarge")  # 10 G pixels in 300 bytes
+    put("bomb-under-pillow-limit.png", png_declaring(9_000, 9_000), "ImageTooLarge")
+    side = int(max_pixels**0.5)
+    put("too_large.png", encoded(scene(30, side + 1, side), "PNG"), "ImageTooLarge")
+    # Images Pillow reads, with awkward names: spaces, unicode, '..' inside a name, control characters.
+    put("one-pixel.png", encoded(np.array([[[200, 30, 90]]], np.uint8), "PNG"), "ok")
+    put("control/tab\tnew\nline 1-row.png", encoded(scene(32, 2, 150)[:1], "PNG"), "ok")
+    put("with spaces/cmyk photo.jpg", encoded(scene(33, 60, 80), "JPEG", mode="CMYK", quality=95), "ok")
+    done, rgb48 = cv2.imencode(".png", (scene(34, 50, 70).astype(np.uint16) * 257)[:, :, ::-1])  # 16 bits per channel
+    assert done
+    put("dots/a..b..rgb48.png", rgb48.tobytes(), "ok")
+    frames = [Image.fromarray(scene(35 + i, 48, 64)) for i in range(3)]
+    buf = io.BytesIO()
+    frames[0].save(buf, format="GIF", save_all=True, append_images=frames[1:], duration=40, loop=0)
+    put("unicode/动画 фото ü.gif", buf.getvalue(), "ok")  # animated: its first frame is labelled
+    with open(os.path.join(bytes(folder), NON_UTF8_NAME), "wb") as f:
+        f.write(encoded(scene(42, 40, 40), "JPEG"))
+    expected[NON_UTF8_NAME.decode("utf-8", "backslashreplace")] = "InvalidImageId"
+    return expected
+
+
+class FlakyFileSystem(AbstractFileSystem):
+    """A real local filesystem behind ``flaky://`` whose whole-file writes fail on purpose.
+
+    The first ``$FLAKY_FS_FAILS`` (default 1) writes of each path write half of the data
+    and then raise ``ConnectionResetError`` (a dropped upload on a store that does not
+    publish atomically); later writes succeed. Attempts are counted in files under
+    ``$FLAKY_FS_STATE``, so the count holds across Ray worker processes; ``attempts(path)``
+    reads it back. Reads, listings and deletes go straight to the local disk.
+    """
+
+    protocol = "flaky"
+    root_marker = "/"
+
+    def __init__(self, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.local = LocalFileSystem()
+
+    @classmethod
+    def _strip_protocol(cls, path: str) -> str:
+        return "/" + path.removeprefix("flaky://").lstrip("/")
+
+    def ls(self, path, detail=True, **kwargs):
+        return self.local.ls(path, detail=detail)
+
+    def info(self, path, **kwargs):
+        return self.local.info(path)
+
+    def makedirs(self, path, exist_ok=False):
+        self.local.makedirs(path, exist_ok=exist_ok)
+
+    def rm_file(self, path):
+        self.local.rm_file(path)
+
+    def _open(self, path, mode="rb", **kwargs):
+        if "r" not in mode:
+            raise NotImplementedError("flaky:// writes only whole files (pipe_file)")
+        return self.local._open(path, mode)
+
+    @staticmethod
+    def _counter(path: str) -> str:
+        return os.path.join(os.environ["FLAKY_FS_STATE"], hashlib.sha256(path.encode()).hexdigest()[:24])
+
+    @classmethod
+    def attempts(cls, path: str) -> int:
+        counter = cls._counter(cls._strip_protocol(path))
+        return os.path.getsize(counter) if os.path.exists(counter) else 0
+
+    def pipe_file(self, path, value, **kwargs):
+        path = self._strip_protocol(path)
+        with open(self._counter(path), "ab") as f:  # one byte per attempt; appends are atomic
+            f.write(b".")
+        self.local.makedirs(os.path.dirname(path), exist_ok=True)
+        if self.attempts(path) <= int(os.environ.get("FLAKY_FS_FAILS", "1")):
+            with open(path, "wb") as f:
+                f.write(value[: len(value) // 2])
+            raise ConnectionResetError(errno.ECONNRESET, f"injected: connection reset while writing {path}")
+        with open(path, "wb") as f:
+            f.write(value)
+
+
+def register_flaky_fs() -> None:
+    """Make ``flaky://`` known to fsspec in this process (also a Ray ``worker_process_setup_hook``)."""
+    fsspec.register_implementation("flaky", FlakyFileSystem, clobber=True)
 
 
 def tiny_config(inp: str, out: str, ckpts: tuple[str, str], **kw) -> SegmentConfig:
