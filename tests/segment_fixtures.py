@@ -6,7 +6,6 @@ import errno
 import hashlib
 import io
 import os
-import socket
 import struct
 import zlib
 from pathlib import Path
@@ -20,6 +19,7 @@ from fsspec.spec import AbstractFileSystem
 from PIL import Image
 
 from models import FCN, DeconvNet, save_checkpoint
+from pipeline.local_head import free_port  # noqa: F401  (the tests import it from here)
 from pipeline.proposals import ProposalConfig
 from pipeline.segment_config import CRFConfig, SegmentConfig
 from pipeline.segmenter import InferenceConfig
@@ -239,9 +239,3 @@ def tiny_config(inp: str, out: str, ckpts: tuple[str, str], **kw) -> SegmentConf
     )
     defaults.update(kw)
     return SegmentConfig(**defaults)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
