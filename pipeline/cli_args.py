@@ -49,9 +49,10 @@ def inference_config(args: argparse.Namespace, ensemble: str = "mean") -> Infere
 def add_crf_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("dense CRF")
     g.add_argument("--crf-iterations", type=int, default=10)
-    g.add_argument("--crf-prune-threshold", type=float, default=0.01,
-                   help="drop classes whose probability never reaches this (and that win no pixel) before the CRF")
+    g.add_argument("--crf-prune-ratio", type=float, default=0.5,
+                   help="drop classes whose probability is below this fraction of the leading class's at every "
+                        "pixel before the CRF (0: keep all classes)")
 
 
 def crf_config(args: argparse.Namespace, enabled: bool = True) -> CRFConfig:
-    return CRFConfig(enabled=enabled, iterations=args.crf_iterations, prune_threshold=args.crf_prune_threshold)
+    return CRFConfig(enabled=enabled, iterations=args.crf_iterations, prune_ratio=args.crf_prune_ratio)

@@ -6,19 +6,25 @@ defaults are those of the DeconvNet code: Gaussian sxy 3 compat 3, bilateral sxy
 srgb 3 compat 5, 10 iterations.
 
 Class pruning. Mean-field cost grows linearly with the number of labels, and most
-images hold two or three of the 21 VOC classes. Before the CRF, a class is dropped
-unless it is the argmax at some pixel or its probability reaches
-``CRFConfig.prune_threshold`` (default 0.01) at some pixel; the kept classes'
-probabilities are renormalised. Why this is safe: a dropped class starts with
-probability < 0.01 at every pixel (a unary of at least -log 0.01 = 4.6) and, with
-Potts kernels, the pairwise messages only reward a label in proportion to how much
-the neighbouring pixels already hold it, so a class that no pixel holds gains
-nothing and stays behind the classes that do; renormalising shifts every kept
-class's unary at a pixel by the same constant, which leaves their order unchanged.
-This is an approximation (the removed mass no longer enters the messages), so the
-tests check that pruned and unpruned CRFs give the same mask on images where
-classes are clearly absent; ``prune_threshold = 0`` disables pruning. With a
-single kept class the CRF is skipped (its answer is that class).
+images hold two or three of the 21 VOC classes. Before the CRF, a class is kept only
+if it is a *contender* at some pixel: its probability there reaches
+``CRFConfig.prune_ratio`` (default 0.5) times the probability of that pixel's leading
+class, i.e. its unary is within log(1/0.5) = 0.69 of the best one. Every pixel's
+argmax class is therefore always kept; the kept classes' probabilities are
+renormalised. Why a ratio and not an absolute floor: outside every proposal the
+DeconvNet canvas is zero, so its softmax is uniform (1/C for every class) and the
+EDeconvNet average gives every class at least 1/(2C) there (0.024 with 21 classes);
+an absolute threshold below that keeps all classes, one above it drops classes in
+uncertain images. Why dropping a non-contender is safe in practice: with Potts
+kernels the pairwise messages reward a label in proportion to how much the
+neighbouring pixels already hold it, so a class that leads nowhere and is nowhere
+within a factor 2 of the leader gathers little support; renormalising shifts every
+kept class's unary at a pixel by the same constant, which leaves their order
+unchanged. It is an approximation (the removed mass no longer enters the messages):
+``bench/bench_stages.py`` measures the speed-up and the share of identical pixels
+against the unpruned CRF (BENCHMARKS.md), the tests check equality on clear cases,
+and ``prune_ratio = 0`` disables pruning. With a single kept class the CRF is skipped
+(its answer is that class).
 """
 
 from __future__ import annotations
@@ -31,18 +37,20 @@ from pipeline.segment_config import CRFConfig
 _EPS = 1e-8
 
 
-def kept_classes(probs: np.ndarray, threshold: float) -> np.ndarray:
-    """Sorted class indices that survive pruning for ``probs`` ``(C, H, W)``."""
-    keep = probs.reshape(len(probs), -1).max(axis=1) >= threshold
-    keep[np.unique(probs.argmax(axis=0))] = True
-    return np.flatnonzero(keep)
+def kept_classes(probs: np.ndarray, ratio: float) -> np.ndarray:
+    """Sorted indices of the classes of ``probs`` ``(C, H, W)`` that reach ``ratio`` times the
+    leading class's probability at some pixel (every pixel's argmax among them)."""
+    probs = np.asarray(probs, dtype=np.float32)
+    flat = probs.reshape(len(probs), -1)
+    lead = flat.max(axis=0)
+    return np.flatnonzero((flat >= ratio * lead).any(axis=1))
 
 
 def dense_crf(image: np.ndarray, probs: np.ndarray, cfg: CRFConfig, *, prune: bool = True) -> np.ndarray:
     """Refined labels ``(H, W)`` uint8 for an RGB uint8 image and its ``(C, H, W)`` probabilities."""
     probs = np.asarray(probs, dtype=np.float32)
     n_classes, height, width = probs.shape
-    classes = kept_classes(probs, cfg.prune_threshold) if prune else np.arange(n_classes)
+    classes = kept_classes(probs, cfg.prune_ratio) if prune else np.arange(n_classes)
     if len(classes) == 1:
         return np.full((height, width), classes[0], dtype=np.uint8)
     p = np.maximum(probs[classes], _EPS)

@@ -31,9 +31,9 @@ class CRFConfig:
     bilateral_sxy: float = 20.0  # appearance kernel: position std (px)
     bilateral_srgb: float = 3.0  # appearance kernel: colour std (0-255 units)
     bilateral_compat: float = 5.0  # appearance kernel: Potts weight
-    # Class pruning: a class whose probability stays below this at every pixel and
-    # that is nobody's argmax is dropped before the CRF (see pipeline.crf.kept_classes).
-    prune_threshold: float = 0.01
+    # Class pruning: a class whose probability is below this fraction of the leading
+    # class's at every pixel is dropped before the CRF (see pipeline.crf); 0: no pruning.
+    prune_ratio: float = 0.5
 
 
 @dataclass

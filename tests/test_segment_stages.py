@@ -289,13 +289,29 @@ def _two_region_case(num_classes: int = 6, seed: int = 0):
 def test_crf_pruning_gives_same_mask_and_cleans_noise():
     image, probs, truth = _two_region_case()
     cfg = CRFConfig()
-    assert list(kept_classes(probs, cfg.prune_threshold)) == [0, 1, 2]
+    assert list(kept_classes(probs, cfg.prune_ratio)) == [0, 1, 2]
     pruned, full = dense_crf(image, probs, cfg), dense_crf(image, probs, cfg, prune=False)
     assert pruned.dtype == np.uint8 and pruned.shape == truth.shape
     np.testing.assert_array_equal(pruned, full)
     argmax_acc = (probs.argmax(0) == truth).mean()
     crf_acc = (pruned == truth).mean()
     assert argmax_acc < 0.8 and crf_acc > 0.97, (argmax_acc, crf_acc)
+
+
+def test_crf_pruning_sees_through_the_uniform_floor_of_an_ensemble():
+    # EDeconvNet averages the FCN with a DeconvNet canvas that is zero outside proposals, whose
+    # softmax is uniform: every class has at least 1/(2C) everywhere, so only a relative rule prunes.
+    image, probs, truth = _two_region_case(num_classes=21)
+    probs[1] = np.minimum(probs[1], 0.01)
+    probs /= probs.sum(0, keepdims=True)
+    ensemble = 0.5 * probs + 0.5 / 21
+    assert ensemble.min() > 0.02
+    assert list(kept_classes(ensemble, 0.5)) == [0, 2]
+    assert list(kept_classes(ensemble, 0.0)) == list(range(21))
+    np.testing.assert_array_equal(dense_crf(image, ensemble, CRFConfig()), dense_crf(image, ensemble, CRFConfig(), prune=False))
+    # A class that leads at one pixel only is still kept: it is that pixel's argmax.
+    ensemble[7, 5, 5] = 1.0
+    assert 7 in kept_classes(ensemble, 0.5)
 
 
 def test_crf_single_class_and_uncertainty():
