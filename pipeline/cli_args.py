@@ -50,9 +50,12 @@ def add_crf_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("dense CRF")
     g.add_argument("--crf-iterations", type=int, default=10)
     g.add_argument("--crf-prune-ratio", type=float, default=0.5,
-                   help="drop classes whose probability is below this fraction of the leading class's at every "
-                        "pixel before the CRF (0: keep all classes)")
+                   help="class pruning before the CRF: a class is kept where its probability reaches this fraction "
+                        "of the leading class's (0: keep all classes)")
+    g.add_argument("--crf-prune-min-area", type=float, default=0.001,
+                   help="... on at least this fraction of the image's pixels")
 
 
 def crf_config(args: argparse.Namespace, enabled: bool = True) -> CRFConfig:
-    return CRFConfig(enabled=enabled, iterations=args.crf_iterations, prune_ratio=args.crf_prune_ratio)
+    return CRFConfig(enabled=enabled, iterations=args.crf_iterations, prune_ratio=args.crf_prune_ratio,
+                     prune_min_area=args.crf_prune_min_area)

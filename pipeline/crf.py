@@ -7,24 +7,31 @@ srgb 3 compat 5, 10 iterations.
 
 Class pruning. Mean-field cost grows linearly with the number of labels, and most
 images hold two or three of the 21 VOC classes. Before the CRF, a class is kept only
-if it is a *contender* at some pixel: its probability there reaches
-``CRFConfig.prune_ratio`` (default 0.5) times the probability of that pixel's leading
-class, i.e. its unary is within log(1/0.5) = 0.69 of the best one. Every pixel's
-argmax class is therefore always kept; the kept classes' probabilities are
-renormalised. Why a ratio and not an absolute floor: outside every proposal the
-DeconvNet canvas is zero, so its softmax is uniform (1/C for every class) and the
-EDeconvNet average gives every class at least 1/(2C) there (0.024 with 21 classes);
-an absolute threshold below that keeps all classes, one above it drops classes in
-uncertain images. Why dropping a non-contender is safe in practice: with Potts
-kernels the pairwise messages reward a label in proportion to how much the
-neighbouring pixels already hold it, so a class that leads nowhere and is nowhere
-within a factor 2 of the leader gathers little support; renormalising shifts every
-kept class's unary at a pixel by the same constant, which leaves their order
-unchanged. It is an approximation (the removed mass no longer enters the messages):
-``bench/bench_stages.py`` measures the speed-up and the share of identical pixels
-against the unpruned CRF (BENCHMARKS.md), the tests check equality on clear cases,
-and ``prune_ratio = 0`` disables pruning. With a single kept class the CRF is skipped
-(its answer is that class).
+if it is a *contender* over a visible area: at no fewer than
+``CRFConfig.prune_min_area`` of the image's pixels (default 0.001, about 14x14 px
+of a 500x375 image) its probability reaches ``CRFConfig.prune_ratio`` (default 0.5)
+times the probability of that pixel's leading class, i.e. its unary is within
+log(1/0.5) = 0.69 of the best one. The kept classes' probabilities are
+renormalised; the class that leads the most pixels is always kept.
+
+Why a ratio and not an absolute floor: outside every proposal the DeconvNet canvas
+is zero, so its softmax is uniform (1/C for every class) and the EDeconvNet average
+gives every class at least 1/(2C) there (0.024 with 21 classes); an absolute
+threshold below that keeps all classes, one above it drops real classes in
+uncertain images. Why a minimum area: where two present classes meet and are
+nearly tied, noise makes absent classes contenders at a few scattered pixels;
+those specks never survive the CRF's smoothing, but they would keep their class in
+it. Why dropping the rest is safe in practice: with Potts kernels the pairwise
+messages reward a label in proportion to how much the neighbouring pixels already
+hold it, so a class that is within a factor 2 of the leader over less than
+``prune_min_area`` of the image gathers little support, and at most that area can
+change per dropped class; renormalising shifts every kept class's unary at a pixel
+by the same constant, which leaves their order unchanged. It is an approximation
+(the removed mass no longer enters the messages): ``bench/bench_stages.py``
+measures the speed-up and the share of identical pixels against the unpruned CRF
+(BENCHMARKS.md), the tests check equality on clear cases, and ``prune_ratio = 0``
+disables pruning. With a single kept class the CRF is skipped (its answer is that
+class).
 """
 
 from __future__ import annotations
@@ -37,20 +44,23 @@ from pipeline.segment_config import CRFConfig
 _EPS = 1e-8
 
 
-def kept_classes(probs: np.ndarray, ratio: float) -> np.ndarray:
+def kept_classes(probs: np.ndarray, ratio: float, min_area: float = 0.0) -> np.ndarray:
     """Sorted indices of the classes of ``probs`` ``(C, H, W)`` that reach ``ratio`` times the
-    leading class's probability at some pixel (every pixel's argmax among them)."""
+    leading class's probability on at least ``min_area`` (a fraction) of the pixels, and at
+    least one pixel; the class that leads the most pixels is always among them."""
     probs = np.asarray(probs, dtype=np.float32)
     flat = probs.reshape(len(probs), -1)
-    lead = flat.max(axis=0)
-    return np.flatnonzero((flat >= ratio * lead).any(axis=1))
+    contender = (flat >= ratio * flat.max(axis=0)).sum(axis=1)
+    keep = contender >= max(1.0, min_area * flat.shape[1])
+    keep[np.bincount(flat.argmax(axis=0), minlength=len(flat)).argmax()] = True
+    return np.flatnonzero(keep)
 
 
 def dense_crf(image: np.ndarray, probs: np.ndarray, cfg: CRFConfig, *, prune: bool = True) -> np.ndarray:
     """Refined labels ``(H, W)`` uint8 for an RGB uint8 image and its ``(C, H, W)`` probabilities."""
     probs = np.asarray(probs, dtype=np.float32)
     n_classes, height, width = probs.shape
-    classes = kept_classes(probs, cfg.prune_ratio) if prune else np.arange(n_classes)
+    classes = kept_classes(probs, cfg.prune_ratio, cfg.prune_min_area) if prune else np.arange(n_classes)
     if len(classes) == 1:
         return np.full((height, width), classes[0], dtype=np.uint8)
     p = np.maximum(probs[classes], _EPS)

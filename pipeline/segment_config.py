@@ -31,9 +31,10 @@ class CRFConfig:
     bilateral_sxy: float = 20.0  # appearance kernel: position std (px)
     bilateral_srgb: float = 3.0  # appearance kernel: colour std (0-255 units)
     bilateral_compat: float = 5.0  # appearance kernel: Potts weight
-    # Class pruning: a class whose probability is below this fraction of the leading
-    # class's at every pixel is dropped before the CRF (see pipeline.crf); 0: no pruning.
+    # Class pruning (see pipeline.crf): a class is dropped before the CRF unless its probability
+    # reaches prune_ratio x the leading class's on at least prune_min_area of the pixels; 0: no pruning.
     prune_ratio: float = 0.5
+    prune_min_area: float = 0.001
 
 
 @dataclass

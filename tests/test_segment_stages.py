@@ -309,9 +309,14 @@ def test_crf_pruning_sees_through_the_uniform_floor_of_an_ensemble():
     assert list(kept_classes(ensemble, 0.5)) == [0, 2]
     assert list(kept_classes(ensemble, 0.0)) == list(range(21))
     np.testing.assert_array_equal(dense_crf(image, ensemble, CRFConfig()), dense_crf(image, ensemble, CRFConfig(), prune=False))
-    # A class that leads at one pixel only is still kept: it is that pixel's argmax.
+    # A class that leads at one pixel is a contender there; the minimum area drops such specks.
     ensemble[7, 5, 5] = 1.0
-    assert 7 in kept_classes(ensemble, 0.5)
+    assert 7 in kept_classes(ensemble, 0.5) and 7 not in kept_classes(ensemble, 0.5, min_area=0.001)
+    ensemble[7, :3, :3] = 1.0  # 9 of 2400 pixels: more than 0.1%
+    assert 7 in kept_classes(ensemble, 0.5, min_area=0.001)
+    # Whatever the thresholds, the class leading most pixels stays.
+    leader = np.bincount(ensemble.argmax(0).ravel()).argmax()
+    assert list(kept_classes(ensemble, 0.5, min_area=0.99)) == [leader]
 
 
 def test_crf_single_class_and_uncertainty():
