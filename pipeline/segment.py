@@ -117,17 +117,27 @@ def stage_resources(cfg: SegmentConfig, resources: dict[str, float]) -> StageRes
     Actors hold their CPUs for the whole run; if they took every CPU, the read and
     write tasks could never be scheduled and the dataset would hang. Each reservation
     is therefore a fraction (1/8 of the cluster's CPUs, at most 1), and the actor
-    pools together stay under 60% of the CPUs.
+    pools together stay within 65% of the CPUs. With GPUs, one model actor per GPU and
+    the CPU budget goes to the proposal and CRF pools (1:2, the CRF costs more). Without
+    GPUs the model stage is the heaviest CPU stage (BENCHMARKS.md: about 60% of the
+    work per image, proposals 10%, CRF 30%), so its actors are an autoscaling pool that
+    takes the budget left after proposals (10%) and CRF (30%): one CPU model actor would
+    cap the whole pipeline at one core's model throughput.
     """
     cpus = max(float(resources.get("CPU", 1.0)), 1.0)
     gpus = int(resources.get("GPU", 0.0))
     # An autoscaling cluster may have no GPU node yet: --model-gpus 1 asks for them anyway.
     model_gpus = cfg.model_gpus if cfg.model_gpus is not None else (1.0 if gpus else 0.0)
     share = min(1.0, cpus / 8)
-    model_actors = cfg.model_actors or max(gpus, 1)
-    budget = max(int(0.6 * cpus / share) - (0 if model_gpus else model_actors), 2)
-    proposal_actors = cfg.proposal_actors or max(1, budget // 2)
-    crf_actors = cfg.crf_actors or max(1, budget - budget // 2)
+    budget = max(int(0.65 * cpus / share), 3)
+    if model_gpus:
+        model_actors = cfg.model_actors or max(gpus, 1)
+        proposal_actors = cfg.proposal_actors or max(1, budget // 3)
+        crf_actors = cfg.crf_actors or max(1, budget - budget // 3)
+    else:
+        proposal_actors = cfg.proposal_actors or max(1, round(0.1 * budget))
+        crf_actors = cfg.crf_actors or max(1, round(0.3 * budget))
+        model_actors = cfg.model_actors or max(1, budget - proposal_actors - crf_actors)
     return StageResources(share, model_actors, model_gpus, proposal_actors, crf_actors)
 
 
@@ -199,7 +209,8 @@ def _chain(cfg: SegmentConfig, plan: Plan, res: StageResources, task_retry: dict
             batch_format="numpy",
             num_cpus=share if res.model_gpus == 0 else 1,
             num_gpus=res.model_gpus,
-            concurrency=res.model_actors,
+            # GPU actors: a fixed pool, one per GPU; CPU actors: autoscaling like the other CPU stages
+            concurrency=res.model_actors if res.model_gpus else (1, res.model_actors),
             **actor_retry,
         )
         .map_batches(
