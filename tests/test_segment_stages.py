@@ -219,6 +219,10 @@ def test_segmenter_mixes_images_without_mixing_results(ckpts):
     # The ensemble is the mean of the two.
     fcn1 = Segmenter(None, ckpts[1], InferenceConfig(ensemble="fcn", device="cpu")).predict(images[1:2], boxes[1:2])[0]
     np.testing.assert_allclose(together[1].astype(np.float32), (deconv.astype(np.float32) + fcn1) / 2, atol=2e-3)
+    # The NHWC (channels_last, default) and NCHW layouts give the same probabilities up to float16 rounding.
+    nchw = Segmenter(*ckpts, InferenceConfig(micro_batch=3, device="cpu", channels_last=False)).predict(images, boxes)
+    for t, a in zip(together, nchw):
+        np.testing.assert_allclose(t.astype(np.float32), a.astype(np.float32), atol=1e-3)
 
 
 def test_segmenter_stage_passes_error_rows(ckpts):
