@@ -119,10 +119,10 @@ def stage_resources(cfg: SegmentConfig, resources: dict[str, float]) -> StageRes
     is therefore a fraction (1/8 of the cluster's CPUs, at most 1), and the actor
     pools together stay within 65% of the CPUs. With GPUs, one model actor per GPU and
     the CPU budget goes to the proposal and CRF pools (1:2, the CRF costs more). Without
-    GPUs the model stage is the heaviest CPU stage (BENCHMARKS.md: about 60% of the
-    work per image, proposals 10%, CRF 30%), so its actors are an autoscaling pool that
-    takes the budget left after proposals (10%) and CRF (30%): one CPU model actor would
-    cap the whole pipeline at one core's model throughput.
+    GPUs every pool takes its share of the budget (at least one actor), after the
+    measured cost per image on one core (BENCHMARKS.md: EdgeBoxes 0.5 s, model stage
+    0.66 s, class-pruned CRF 1.2 s): proposals 20%, model 30%, CRF 50%. On 2 CPUs
+    that is 1 / 1 / 2 actors; a second model actor there measured 15% slower overall.
     """
     cpus = max(float(resources.get("CPU", 1.0)), 1.0)
     gpus = int(resources.get("GPU", 0.0))
@@ -135,9 +135,9 @@ def stage_resources(cfg: SegmentConfig, resources: dict[str, float]) -> StageRes
         proposal_actors = cfg.proposal_actors or max(1, budget // 3)
         crf_actors = cfg.crf_actors or max(1, budget - budget // 3)
     else:
-        proposal_actors = cfg.proposal_actors or max(1, round(0.1 * budget))
-        crf_actors = cfg.crf_actors or max(1, round(0.3 * budget))
-        model_actors = cfg.model_actors or max(1, budget - proposal_actors - crf_actors)
+        proposal_actors = cfg.proposal_actors or max(1, int(0.2 * budget))
+        model_actors = cfg.model_actors or max(1, int(0.3 * budget))
+        crf_actors = cfg.crf_actors or max(1, int(0.5 * budget))
     return StageResources(share, model_actors, model_gpus, proposal_actors, crf_actors)
 
 

@@ -418,11 +418,11 @@ def test_stage_resources_leave_cpu_headroom():
     small = stage_resources(cfg, {"CPU": 2.0})
     reserved = small.cpu_share * (small.model_actors + small.proposal_actors + small.crf_actors)
     assert small.model_gpus == 0 and reserved <= 0.65 * 2 + 1e-9
-    # Without GPUs the model stage, the heaviest, gets the largest CPU pool.
-    assert small.model_actors >= 2 and small.model_actors >= small.crf_actors >= small.proposal_actors >= 1
+    # Without GPUs the pools follow the measured cost per image: the CRF's is the largest.
+    assert (small.proposal_actors, small.model_actors, small.crf_actors) == (1, 1, 2)
     cpu_only = stage_resources(cfg, {"CPU": 32.0})
     assert cpu_only.cpu_share * (cpu_only.model_actors + cpu_only.proposal_actors + cpu_only.crf_actors) <= 0.65 * 32
-    assert cpu_only.model_actors > cpu_only.crf_actors > cpu_only.proposal_actors
+    assert cpu_only.crf_actors > cpu_only.model_actors > cpu_only.proposal_actors
     big = stage_resources(cfg, {"CPU": 64.0, "GPU": 4.0})
     assert big.model_actors == 4 and big.model_gpus == 1.0 and big.proposal_actors >= 10
     assert big.cpu_share * (big.proposal_actors + big.crf_actors) <= 0.65 * 64
