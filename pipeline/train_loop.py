@@ -11,8 +11,11 @@ updates the learning-rate schedule, and reports metrics with a checkpoint
 (``pipeline.train_state``) through ``ray.train.report``.
 
 Resume: ``ray.train.get_checkpoint()`` (after a worker failure, or when a re-run
-finds Ray Train's run snapshot) else ``resume_from`` (the driver's scan of the stage's
-run dir). The iteration counter, momentum buffers and schedule state continue.
+finds Ray Train's run snapshot), else the newest complete checkpoint in the stage's
+run dir, scanned by each worker as it starts (right after a worker died Ray Train may
+not hand back the checkpoint reported just before; the CI once saw a restart from
+scratch), else ``resume_from`` (the driver's scan). The iteration counter, momentum
+buffers and schedule state continue.
 """
 
 from __future__ import annotations
@@ -43,6 +46,7 @@ from pipeline.train_bn import population_statistics
 from pipeline.train_config import Stage, TrainConfig
 from pipeline.train_state import (
     checkpoint_dir_name,
+    latest_checkpoint,
     read_training_checkpoint,
     restore_momentum,
     save_training_checkpoint,
@@ -196,8 +200,10 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     if checkpoint is not None:
         with checkpoint.as_directory() as d:
             resumed = read_training_checkpoint(d)
-    elif config.get("resume_from"):
-        resumed = read_training_checkpoint(config["resume_from"])
+    elif resume_from := latest_checkpoint(join(cfg.output, stage.name)) or config.get("resume_from"):
+        # Looked up here, not only on the driver: after a worker died, Ray Train may not yet hand
+        # back the checkpoint the workers reported just before, but it is complete on disk.
+        resumed = read_training_checkpoint(resume_from)
     if resumed is not None:
         model = build_model(stage.architecture, num_classes=num_classes, width=cfg.width)
         model.load_state_dict(resumed[0])

@@ -35,6 +35,23 @@ def _storage_path(output: str) -> str:
     return output if "://" in output else os.path.abspath(output)
 
 
+# A later stage starts from the one before it (paper: stage 2 from stage 1; FCN-16s from 32s, 8s from 16s).
+PREVIOUS_STAGE = {"2": "deconvnet-stage1", "16": "fcn32s", "8": "fcn16s"}
+
+
+def stage_init(cfg: TrainConfig, stage: Stage, init: str | None) -> str | None:
+    """What ``stage`` starts from: ``init`` if given, else for a later stage the earlier stage's
+    model in the same output (``--stages 2`` after ``--stages 1``), else None (with a warning)."""
+    if init is not None or stage.key not in PREVIOUS_STAGE:
+        return init
+    earlier = join(cfg.output, f"{PREVIOUS_STAGE[stage.key]}.safetensors")
+    if exists(earlier):
+        return earlier
+    print(f"[train] warning: {stage.name} normally starts from the previous stage's model; none given and "
+          f"no {earlier} (list the earlier stage too, or pass --init-from)", flush=True)
+    return None
+
+
 def final_model_path(cfg: TrainConfig, stage: Stage) -> str:
     return join(cfg.output, f"{stage.name}.safetensors")
 
@@ -105,9 +122,7 @@ def run_training(cfg: TrainConfig) -> dict[str, str]:
         if exists(final):
             print(f"[train] {stage.name}: already finished ({final}), skipping", flush=True)
         else:
-            if init is None and stage.key in ("2", "16", "8"):
-                print(f"[train] warning: {stage.name} normally starts from the previous stage's model; none given "
-                      "(list the earlier stage too, or pass --init-from)", flush=True)
+            init = stage_init(cfg, stage, init)
             print(f"[train] {stage.name}: {stage.iterations} iterations on {cfg.num_workers} worker(s), "
                   f"global batch {cfg.batch_size * cfg.num_workers * cfg.accumulation} "
                   f"({cfg.batch_size} x {cfg.num_workers} workers x {cfg.accumulation} accumulated), "

@@ -159,3 +159,19 @@ def test_local_paths_become_absolute_urls_stay(tmp_path, monkeypatch):
     assert cfg.init_from == str(tmp_path / "a.safetensors") and cfg.backbone_weights == str(tmp_path / "vgg.pth")
     remote = TrainConfig(data="s3://b/voc", output="gs://b/run", backbone_weights="imagenet")
     assert (remote.data, remote.output, remote.backbone_weights) == ("s3://b/voc", "gs://b/run", "imagenet")
+
+
+def test_a_later_stage_alone_starts_from_the_earlier_stage_in_the_same_output(tmp_path, capsys):
+    from pipeline.train_config import stage
+    from pipeline.train_run import stage_init
+
+    cfg = TrainConfig(data=str(tmp_path / "voc"), output=str(tmp_path / "run"), model="deconvnet", stages=("2",),
+                      iterations=(4,))
+    stage2 = stage("deconvnet", "2", 4)
+    assert stage_init(cfg, stage2, None) is None  # nothing to start from yet: warned
+    assert "normally starts from the previous stage's model" in capsys.readouterr().out
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "deconvnet-stage1.safetensors").write_bytes(b"x")
+    assert stage_init(cfg, stage2, None) == str(tmp_path / "run" / "deconvnet-stage1.safetensors")
+    assert stage_init(cfg, stage2, "/given.safetensors") == "/given.safetensors"  # --init-from wins
+    assert stage_init(cfg, stage("deconvnet", "1", 4), None) is None  # stage 1 starts from scratch
