@@ -27,7 +27,7 @@ test: $(STAMP)
 demo: $(STAMP)
 	$(PY) jobs/demo.py --output $(DEMO_OUT)
 
-# Retrain the committed demo checkpoints (models/MODEL_CARD.md); about 30 minutes on 2 CPUs.
+# Retrain the committed demo checkpoints (models/MODEL_CARD.md); about 45 minutes on 2 CPUs.
 demo-models: $(STAMP)
 	PY=$(PY) bash models/demo/reproduce.sh
 

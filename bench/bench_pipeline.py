@@ -2,8 +2,8 @@
 
     .venv/bin/python bench/bench_pipeline.py [--images 200] [--scaling 100,400] [--cpus 2]
 
-1. Sequential baseline: the same stage code (read, decode, EdgeBoxes, model stage, CRF,
-   write) called image by image in this process (torch with its default threads), on
+1. Sequential baseline: the same stage code (``pipeline.reference.stage_steps`` and the
+   writer) called image by image in this process (torch with its default threads), on
    the first ``--images`` images of the generated 500x375 bucket; per-stage times and
    the bytes each stage hands the next (per image).
 2. Per-core stage profile: the same loop on a few images with one torch thread, i.e.
@@ -34,12 +34,9 @@ import numpy as np
 import torch
 from PIL import Image
 
-from pipeline.crf import CRFStage
-from pipeline.decode import decode_images, read_bytes
-from pipeline.proposal_stage import ProposalStage
+from pipeline.reference import stage_steps
 from pipeline.segment import prepare, run
 from pipeline.segment_config import SegmentConfig
-from pipeline.segmenter import Segmenter
 from pipeline.writers import write_outputs
 
 STAGES = ("read", "decode", "proposals", "model", "crf", "write")
@@ -60,19 +57,10 @@ def config(input_manifest: str, output: str, ckpts: tuple[str, str], **kw) -> Se
 def sequential(cfg: SegmentConfig, limit: int | None = None) -> tuple[dict[str, float], dict[str, float], float]:
     """Seconds per image per stage, bytes per image after each stage, total seconds."""
     plan = prepare(cfg)
-    propose, refine = ProposalStage(cfg.proposals), CRFStage(cfg.crf)
-    segment = Segmenter(cfg.checkpoint, cfg.fcn_checkpoint, cfg.inference)
     write_kw = dict(output=cfg.output, formats=cfg.formats, class_names=plan.class_names, palette=plan.palette,
                     checkpoint_id=plan.checkpoint_id, fcn_checkpoint_id=plan.fcn_checkpoint_id,
                     config_hash=cfg.config_hash())
-    steps = [
-        ("read", read_bytes),
-        ("decode", lambda b: decode_images(b, max_pixels=cfg.max_pixels)),
-        ("proposals", propose),
-        ("model", segment),
-        ("crf", refine),
-        ("write", lambda b: write_outputs(b, **write_kw)),
-    ]
+    steps = [*stage_steps(cfg), ("write", lambda b: write_outputs(b, **write_kw))]
     items = plan.todo[:limit] if limit else plan.todo
     seconds = dict.fromkeys(STAGES, 0.0)
     volume = dict.fromkeys(STAGES, 0.0)

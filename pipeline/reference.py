@@ -7,6 +7,8 @@ status, error, mask and uncertainty the job would write.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 
 from pipeline.crf import CRFStage
@@ -16,20 +18,31 @@ from pipeline.segment_config import SegmentConfig
 from pipeline.segmenter import Segmenter
 
 
-def reference_results(cfg: SegmentConfig, items: list[dict]) -> dict[str, dict]:
-    """Run every item (dicts with ``path``, ``image_id``, ``status``, ``error``) through the stages alone."""
+def stage_steps(cfg: SegmentConfig) -> list[tuple[str, Callable[[dict], dict]]]:
+    """The job's stages, named, as in-process callables on one batch (everything but the write)."""
     propose = ProposalStage(cfg.proposals)
     segment = Segmenter(
         cfg.checkpoint if cfg.inference.ensemble != "fcn" else None,
         cfg.fcn_checkpoint if cfg.inference.ensemble != "deconvnet" else None,
         cfg.inference,
     )
-    refine = CRFStage(cfg.crf)
+    return [
+        ("read", read_bytes),
+        ("decode", lambda batch: decode_images(batch, max_pixels=cfg.max_pixels)),
+        ("proposals", propose),
+        ("model", segment),
+        ("crf", CRFStage(cfg.crf)),
+    ]
+
+
+def reference_results(cfg: SegmentConfig, items: list[dict]) -> dict[str, dict]:
+    """Run every item (dicts with ``path``, ``image_id``, ``status``, ``error``) through the stages alone."""
+    steps = stage_steps(cfg)
     results = {}
     for item in items:
         batch = {k: np.array([item[k]], dtype=object) for k in ("path", "image_id", "status", "error")}
-        batch = decode_images(read_bytes(batch), max_pixels=cfg.max_pixels)
-        batch = refine(segment(propose(batch)))
+        for _, step in steps:
+            batch = step(batch)
         results[item["image_id"]] = {
             "status": str(batch["status"][0]),
             "error": str(batch["error"][0]),

@@ -14,8 +14,8 @@ Resume: ``ray.train.get_checkpoint()`` (after a worker failure, or when a re-run
 finds Ray Train's run snapshot), else the newest complete checkpoint in the stage's
 run dir, scanned by each worker as it starts (right after a worker died Ray Train may
 not hand back the checkpoint reported just before; the CI once saw a restart from
-scratch), else ``resume_from`` (the driver's scan). The iteration counter, momentum
-buffers and schedule state continue.
+scratch; a re-run with the same output also finds its checkpoints this way). The
+iteration counter, momentum buffers and schedule state continue.
 """
 
 from __future__ import annotations
@@ -200,7 +200,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     if checkpoint is not None:
         with checkpoint.as_directory() as d:
             resumed = read_training_checkpoint(d)
-    elif resume_from := latest_checkpoint(join(cfg.output, stage.name)) or config.get("resume_from"):
+    elif resume_from := latest_checkpoint(join(cfg.output, stage.name)):
         # Looked up here, not only on the driver: after a worker died, Ray Train may not yet hand
         # back the checkpoint the workers reported just before, but it is complete on disk.
         resumed = read_training_checkpoint(resume_from)

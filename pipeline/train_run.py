@@ -24,10 +24,10 @@ from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchTrainer
 
 from models.storage import atomic_write
-from pipeline.train_config import Stage, TrainConfig
+from pipeline.train_config import Stage, TrainConfig, stage as make_stage
 from pipeline.train_data import train_dataset, val_dataset
 from pipeline.train_loop import train_loop_per_worker
-from pipeline.train_state import MODEL_FILE, latest_checkpoint
+from pipeline.train_state import MODEL_FILE
 from pipeline.voc import exists, join, read_bytes, read_class_names
 
 
@@ -36,7 +36,7 @@ def _storage_path(output: str) -> str:
 
 
 # A later stage starts from the one before it (paper: stage 2 from stage 1; FCN-16s from 32s, 8s from 16s).
-PREVIOUS_STAGE = {"2": "deconvnet-stage1", "16": "fcn32s", "8": "fcn16s"}
+PREVIOUS_STAGE = {"2": "1", "16": "32", "8": "16"}
 
 
 def stage_init(cfg: TrainConfig, stage: Stage, init: str | None) -> str | None:
@@ -44,7 +44,7 @@ def stage_init(cfg: TrainConfig, stage: Stage, init: str | None) -> str | None:
     model in the same output (``--stages 2`` after ``--stages 1``), else None (with a warning)."""
     if init is not None or stage.key not in PREVIOUS_STAGE:
         return init
-    earlier = join(cfg.output, f"{PREVIOUS_STAGE[stage.key]}.safetensors")
+    earlier = final_model_path(cfg, make_stage(cfg.model, PREVIOUS_STAGE[stage.key], 0))
     if exists(earlier):
         return earlier
     print(f"[train] warning: {stage.name} normally starts from the previous stage's model; none given and "
@@ -77,7 +77,6 @@ def train_stage(cfg: TrainConfig, stage: Stage, class_names: list[str], init: st
             "stage": dataclasses.asdict(stage),
             "class_names": class_names,
             "init": init,
-            "resume_from": latest_checkpoint(join(cfg.output, stage.name)),
             "has_val": val is not None,
         },
         scaling_config=ScalingConfig(num_workers=cfg.num_workers, use_gpu=gpu, resources_per_worker=resources),

@@ -2,7 +2,7 @@
 # Rebuild the demo checkpoints exactly as committed (see models/MODEL_CARD.md):
 # generate the dataset, train DeconvNet (stages 1, 2) and FCN (32s -> 16s -> 8s) with
 # jobs/train.py on a local Ray, copy the final models here, evaluate them on the val split.
-# Usage: make demo-models   (about 30 minutes on 2 CPU cores)
+# Usage: make demo-models   (about 45 minutes on 2 CPU cores)
 set -euo pipefail
 PY=${PY:-.venv/bin/python}
 WORK=${WORK:-build/demo-models}
