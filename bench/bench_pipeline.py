@@ -13,7 +13,9 @@
    baseline's.
 4. Scaling: the pipeline on the first N and 4N (``--scaling``) images, sampling the
    driver's RSS and the object store's use (Ray's memory summary: plasma MiB in use)
-   every 0.5 s; the peaks are reported.
+   every 0.5 s; the peaks are reported. ``--scaling-store-mb M`` also runs the N images
+   with the job's object-store limit set to M MiB (e.g. 100000: in effect none), to
+   show what the default limit costs in throughput and saves in memory.
 
 Models: the committed demo checkpoints (``--checkpoints`` to use others). Prints tables.
 """
@@ -21,6 +23,7 @@ Models: the committed demo checkpoints (``--checkpoints`` to use others). Prints
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import re
 import shutil
@@ -79,15 +82,41 @@ def sequential(cfg: SegmentConfig, limit: int | None = None) -> tuple[dict[str, 
     return {k: v / n for k, v in seconds.items()}, {k: v / n for k, v in volume.items()}, total
 
 
-class Sampler:
+class Poller:
+    """Calls ``poll`` every ``period`` seconds in a thread while a ``with`` block runs, and once at its end."""
+
+    def __init__(self, period: float) -> None:
+        self.period = period
+        self._stop = threading.Event()
+
+    def poll(self) -> None:
+        raise NotImplementedError
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.period):
+            self.poll()
+
+    def __enter__(self):
+        self.poll()
+        self._thread = threading.Thread(target=self._loop, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.poll()
+
+
+class Sampler(Poller):
     """Peak driver RSS and peak object-store (plasma) use while a block runs."""
 
     def __init__(self, period: float = 0.5) -> None:
         import psutil
 
-        self.proc, self.period = psutil.Process(), period
+        super().__init__(period)
+        self.proc = psutil.Process()
         self.peak_rss = self.peak_store = 0
-        self._stop = threading.Event()
 
     @staticmethod
     def _store_bytes() -> int:
@@ -96,29 +125,74 @@ class Sampler:
         found = re.search(r"Plasma memory usage (\d+) MiB", memory_summary(stats_only=True))
         return int(found.group(1)) * 2**20 if found else 0
 
-    def _loop(self) -> None:
-        while not self._stop.is_set():
-            self.peak_rss = max(self.peak_rss, self.proc.memory_info().rss)
-            self.peak_store = max(self.peak_store, self._store_bytes())
-            self._stop.wait(self.period)
-
-    def __enter__(self) -> Sampler:
-        self._thread = threading.Thread(target=self._loop, daemon=True)
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self._stop.set()
-        self._thread.join()
+    def poll(self) -> None:
+        self.peak_rss = max(self.peak_rss, self.proc.memory_info().rss)
+        self.peak_store = max(self.peak_store, self._store_bytes())
 
 
-def pipeline_run(cfg: SegmentConfig) -> tuple[float, Sampler]:
-    with Sampler() as s:
+ROLES = (  # (substring of a process's command line, role); the first match wins
+    ("CRFStage", "CRF actors"),
+    ("Segmenter", "model actors"),
+    ("ProposalStage", "proposal actors"),
+    ("ray::", "task workers (read, decode, write)"),
+    ("raylet", "raylet + GCS"),
+    ("gcs_server", "raylet + GCS"),
+    ("ray", "other Ray processes"),
+)
+
+
+def cpu_snapshot() -> dict[int, tuple[str, float]]:
+    """CPU seconds (user + system) so far of this process and every Ray process, with its role."""
+    import psutil
+
+    found = {}
+    for proc in psutil.process_iter(["pid", "cmdline", "cpu_times"]):
+        cmd = " ".join(proc.info["cmdline"] or [])
+        times = proc.info["cpu_times"]
+        if times is None:
+            continue
+        role = "driver" if proc.info["pid"] == os.getpid() else next((r for k, r in ROLES if k in cmd), None)
+        if role:
+            found[proc.info["pid"]] = (role, times.user + times.system)
+    return found
+
+
+class CPUMonitor(Poller):
+    """CPU seconds by process role while a block runs.
+
+    Polled every second, because the actors of a stage exit as soon as their stage is
+    done: a process that exits between two polls loses at most its last second. A
+    process's role is the one its command line last showed (a worker becomes an actor).
+    """
+
+    def __init__(self, period: float = 1.0) -> None:
+        super().__init__(period)
+        self.before: dict[int, tuple[str, float]] | None = None
+        self.last: dict[int, tuple[str, float]] = {}
+
+    def poll(self) -> None:
+        now = cpu_snapshot()
+        if self.before is None:
+            self.before = now
+        self.last.update(now)
+
+    def by_role(self) -> dict[str, float]:
+        """A process that started during the block counts whole."""
+        used: dict[str, float] = {}
+        for pid, (role, cpu) in self.last.items():
+            used[role] = used.get(role, 0.0) + cpu - self.before.get(pid, (role, 0.0))[1]
+        return used
+
+
+def pipeline_run(cfg: SegmentConfig, sample: bool = True) -> tuple[float, Sampler | None, dict[str, float]]:
+    """Seconds, memory peaks (when ``sample``) and CPU seconds by process role of one run."""
+    sampler = Sampler() if sample else contextlib.nullcontext()
+    with CPUMonitor() as cpu, sampler:
         t = time.perf_counter()
         summary = run(cfg)
         elapsed = time.perf_counter() - t
     assert summary["written"] == summary["processed"] and summary["missing"] == 0, summary
-    return elapsed, s
+    return elapsed, sampler if sample else None, cpu.by_role()
 
 
 def same_masks(a: str, b: str) -> tuple[int, int, float]:
@@ -139,6 +213,8 @@ def main() -> None:
     ap.add_argument("--scaling", default="100,400", help="N,4N images for the scaling runs ('' to skip)")
     ap.add_argument("--profile-images", type=int, default=8, help="images for the one-thread stage profile")
     ap.add_argument("--cpus", type=int, default=os.cpu_count())
+    ap.add_argument("--scaling-store-mb", type=float, default=0,
+                    help="also run the first scaling size with this --object-store-mb (0: don't)")
     ap.add_argument("--alt-model-actors", type=int, default=0,
                     help="also run the pipeline with this many CPU model actors (0: don't)")
     ap.add_argument("--checkpoints", nargs=2, metavar=("DECONVNET", "FCN"), help="default: the demo checkpoints")
@@ -163,17 +239,22 @@ def main() -> None:
         # and importing torch in them; later runs reuse those workers. Every timed run is warm.
         pipeline_run(config(manifest(paths, work, 4), os.path.join(work, "warmup"), ckpts))
         pipe_cfg = config(seq_cfg.input, os.path.join(work, "pipe"), ckpts)
-        pipe_total, _ = pipeline_run(pipe_cfg)
+        pipe_total, _, pipe_cpu = pipeline_run(pipe_cfg, sample=False)  # no memory sampling: it costs CPU
         equal, compared, pixel_share = same_masks(seq_cfg.output, pipe_cfg.output)
         alt_total = None
         if args.alt_model_actors:
             alt_cfg = config(seq_cfg.input, os.path.join(work, "pipe-alt"), ckpts, model_actors=args.alt_model_actors)
-            alt_total, _ = pipeline_run(alt_cfg)
+            alt_total, _, _ = pipeline_run(alt_cfg, sample=False)
         scale_rows = []
-        for n in scaling:
-            cfg = config(manifest(paths, work, n), os.path.join(work, f"scale-{n}"), ckpts)
-            seconds, mem = pipeline_run(cfg)
-            scale_rows.append([n, seconds, n / seconds, mem.peak_rss / 2**20, mem.peak_store / 2**20])
+        runs = [(n, None) for n in scaling]
+        if scaling and args.scaling_store_mb:
+            runs.insert(1, (scaling[0], args.scaling_store_mb))
+        for n, store_mb in runs:
+            cfg = config(manifest(paths, work, n), os.path.join(work, f"scale-{n}-{store_mb}"), ckpts,
+                         object_store_mb=store_mb)
+            seconds, mem, _ = pipeline_run(cfg)
+            limit = "default" if store_mb is None else f"{store_mb:g}"
+            scale_rows.append([n, limit, seconds, n / seconds, mem.peak_rss / 2**20, mem.peak_store / 2**20])
         ray.shutdown()
     finally:
         shutil.rmtree(work, ignore_errors=True)
@@ -202,14 +283,25 @@ def main() -> None:
         ],
     )
     print(f"\nmasks identical to the sequential run: {equal}/{compared} images, {100 * pixel_share:.4f}% of pixels")
+    alone = {"proposal actors": one_core["proposals"], "model actors": one_core["model"], "CRF actors": one_core["crf"]}
+    print(f"\nCPU used during the pipeline run ({pipe_total:.0f} s x {args.cpus} CPUs = "
+          f"{pipe_total * args.cpus:.0f} CPU-s available):")
+    print_table(
+        ["process", "CPU s", "CPU s/image", "one-thread s/image alone", "share of available"],
+        [[role, sec, sec / n, alone.get(role, "-"), f"{100 * sec / (pipe_total * args.cpus):.0f}%"]
+         for role, sec in sorted(pipe_cpu.items(), key=lambda kv: -kv[1])]
+        + [["all", sum(pipe_cpu.values()), sum(pipe_cpu.values()) / n, sum(alone.values()),
+            f"{100 * sum(pipe_cpu.values()) / (pipe_total * args.cpus):.0f}%"]],
+    )
     if scale_rows:
         print()
-        print_table(["images", "seconds", "images/s", "peak driver RSS MiB", "peak object store MiB"],
-                    scale_rows)
-        if len(scale_rows) >= 2:
-            a, b = scale_rows[0], scale_rows[-1]
-            store = f"x{b[4] / a[4]:.2f}" if a[4] >= 1 else f"{a[4]:.1f} -> {b[4]:.1f} MiB"
-            print(f"\n{b[0]}/{a[0]} images: time x{b[1] / a[1]:.2f}, driver RSS x{b[3] / a[3]:.2f}, object store {store}")
+        print_table(["images", "--object-store-mb", "seconds", "images/s", "peak driver RSS MiB",
+                     "peak object store MiB"], scale_rows)
+        same = [r for r in scale_rows if r[1] == "default"]
+        if len(same) >= 2:
+            a, b = same[0], same[-1]
+            store = f"x{b[5] / a[5]:.2f}" if a[5] >= 1 else f"{a[5]:.1f} -> {b[5]:.1f} MiB"
+            print(f"\n{b[0]}/{a[0]} images: time x{b[2] / a[2]:.2f}, driver RSS x{b[4] / a[4]:.2f}, object store {store}")
 
 
 if __name__ == "__main__":

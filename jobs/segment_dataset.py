@@ -76,6 +76,13 @@ def get_args_parser() -> argparse.ArgumentParser:
     g.add_argument("--proposal-actors", type=int, default=None, help="default: from the cluster's CPUs")
     g.add_argument("--crf-actors", type=int, default=None, help="default: from the cluster's CPUs")
     g.add_argument(
+        "--object-store-mb",
+        type=float,
+        default=None,
+        help="object-store memory (MiB) the run's data in flight may use; default: room for 4 blocks of "
+        "VOC-size images per actor (about 43 MiB per actor with 6 classes, 129 with 21)",
+    )
+    g.add_argument(
         "--task-retries",
         type=int,
         default=SegmentConfig.task_retries,
@@ -104,6 +111,7 @@ def config_from_args(args: argparse.Namespace) -> SegmentConfig:
         model_gpus=args.model_gpus,
         proposal_actors=args.proposal_actors,
         crf_actors=args.crf_actors,
+        object_store_mb=args.object_store_mb,
         task_retries=args.task_retries,
     )
 

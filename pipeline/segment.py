@@ -42,6 +42,18 @@ from pipeline.sources import (
 )
 
 
+# Rows per block of the listing (cheap to make: one driver put per block) and per block after the read
+# (what each later task holds: its input and output stay a few images big however long the run is).
+LISTING_ROWS = 64
+BLOCK_ROWS = 4
+# Default object-store limit of a run (see stage_resources): per actor of the three pools, room for
+# STORE_BLOCKS_PER_ACTOR blocks of VOC-size images with their probabilities (the largest hop: the model's
+# C x H x W float16 output plus the image); and the least.
+STORE_BLOCKS_PER_ACTOR = 4
+REFERENCE_PIXELS = 500 * 375
+MIN_STORE_MB = 128
+
+
 @dataclass
 class Plan:
     """What a run will do, decided before any work starts."""
@@ -109,9 +121,10 @@ class StageResources:
     model_gpus: float  # 1 per model actor when the cluster has GPUs, else 0 (CPU actors)
     proposal_actors: int
     crf_actors: int
+    object_store_bytes: int  # Ray Data's object-store limit for this run's dataset
 
 
-def stage_resources(cfg: SegmentConfig, resources: dict[str, float]) -> StageResources:
+def stage_resources(cfg: SegmentConfig, resources: dict[str, float], num_classes: int = 21) -> StageResources:
     """Defaults from the cluster's resources; never more actor reservations than CPUs.
 
     Actors hold their CPUs for the whole run; if they took every CPU, the read and
@@ -123,6 +136,20 @@ def stage_resources(cfg: SegmentConfig, resources: dict[str, float]) -> StageRes
     measured cost per image on one core (BENCHMARKS.md: EdgeBoxes 0.5 s, model stage
     0.66 s, class-pruned CRF 1.2 s): proposals 20%, model 30%, CRF 50%. On 2 CPUs
     that is 1 / 1 / 2 actors; a second model actor there measured 15% slower overall.
+
+    The object-store limit bounds what the stages before the slowest one queue up:
+    without it Ray Data lets each stage run ahead up to a share of the whole store
+    (hundreds of MiB here, GiBs on a cluster node), so the peak grew with the run.
+    The default leaves each actor room for STORE_BLOCKS_PER_ACTOR blocks of VOC-size
+    images with ``num_classes`` probabilities (2 in flight per actor, plus queued ones):
+    a tighter limit (128 MiB for 4 actors, 6 classes) held back the CRF, the slowest
+    stage, and cost ~6% of throughput. ``--object-store-mb`` overrides it (larger
+    images need more).
+
+    Every pool has a fixed size. Ray Data grows an autoscaling pool only while each of
+    its actors has a full queue of inputs, which the object-store limit prevents: a
+    (1, 2) CRF pool then ran one actor for a whole 400-image run (half the speed), or
+    started and stopped a second one every few seconds.
     """
     cpus = max(float(resources.get("CPU", 1.0)), 1.0)
     gpus = int(resources.get("GPU", 0.0))
@@ -138,7 +165,10 @@ def stage_resources(cfg: SegmentConfig, resources: dict[str, float]) -> StageRes
         proposal_actors = cfg.proposal_actors or max(1, int(0.2 * budget))
         model_actors = cfg.model_actors or max(1, int(0.3 * budget))
         crf_actors = cfg.crf_actors or max(1, int(0.5 * budget))
-    return StageResources(share, model_actors, model_gpus, proposal_actors, crf_actors)
+    actors = proposal_actors + model_actors + crf_actors
+    per_actor = STORE_BLOCKS_PER_ACTOR * BLOCK_ROWS * REFERENCE_PIXELS * (2 * num_classes + 3)
+    store = cfg.object_store_mb * 2**20 if cfg.object_store_mb else max(MIN_STORE_MB * 2**20, actors * per_actor)
+    return StageResources(share, model_actors, model_gpus, proposal_actors, crf_actors, int(store))
 
 
 def build_dataset(cfg: SegmentConfig, plan: Plan, res: StageResources):
@@ -146,7 +176,11 @@ def build_dataset(cfg: SegmentConfig, plan: Plan, res: StageResources):
     task_retry, actor_retry = retry_args(cfg.task_retries)
     with warnings.catch_warnings():  # see retry_args
         warnings.filterwarnings("ignore", message=".*ray_remote_args.*deprecated")
-        return _chain(cfg, plan, res, task_retry, actor_retry)
+        ds = _chain(cfg, plan, res, task_retry, actor_retry)
+    # The dataset's own copy of the DataContext: the limit applies to this run only.
+    options = ds.context.execution_options
+    options.resource_limits = options.resource_limits.copy(object_store_memory=res.object_store_bytes)
+    return ds
 
 
 def retry_args(retries: int) -> tuple[dict, dict]:
@@ -176,15 +210,19 @@ def _chain(cfg: SegmentConfig, plan: Plan, res: StageResources, task_retry: dict
     from pipeline.writers import write_outputs
 
     n = len(plan.todo)
-    blocks = max(1, min(n, max(8, math.ceil(n / 16))))
     share = res.cpu_share
     return (
-        ray.data.from_items(plan.todo, override_num_blocks=blocks)
+        ray.data.from_items(plan.todo, override_num_blocks=max(1, min(n, max(8, math.ceil(n / LISTING_ROWS)))))
         .map_batches(read_bytes, batch_size=8, batch_format="numpy", num_cpus=share, **task_retry)
+        # Re-cut the listing's blocks into blocks of exactly BLOCK_ROWS images right after the read (the
+        # file bytes are the smallest payload): every later task then holds a few images, whatever the size
+        # of the run, so the data in flight between stages (2.8-7.9 MB per image after the model with 6-21
+        # classes) does not grow with the listing.
+        .repartition(target_num_rows_per_block=BLOCK_ROWS, strict=True)
         .map_batches(
             decode_images,
             fn_kwargs={"max_pixels": cfg.max_pixels},
-            batch_size=8,
+            batch_size=BLOCK_ROWS,
             batch_format="numpy",
             num_cpus=share,
             **task_retry,
@@ -195,7 +233,7 @@ def _chain(cfg: SegmentConfig, plan: Plan, res: StageResources, task_retry: dict
             batch_size=1,
             batch_format="numpy",
             num_cpus=share,
-            concurrency=(1, res.proposal_actors),
+            concurrency=res.proposal_actors,
             **actor_retry,
         )
         .map_batches(
@@ -209,8 +247,7 @@ def _chain(cfg: SegmentConfig, plan: Plan, res: StageResources, task_retry: dict
             batch_format="numpy",
             num_cpus=share if res.model_gpus == 0 else 1,
             num_gpus=res.model_gpus,
-            # GPU actors: a fixed pool, one per GPU; CPU actors: autoscaling like the other CPU stages
-            concurrency=res.model_actors if res.model_gpus else (1, res.model_actors),
+            concurrency=res.model_actors,
             **actor_retry,
         )
         .map_batches(
@@ -219,7 +256,7 @@ def _chain(cfg: SegmentConfig, plan: Plan, res: StageResources, task_retry: dict
             batch_size=1,
             batch_format="numpy",
             num_cpus=share,
-            concurrency=(1, res.crf_actors),
+            concurrency=res.crf_actors,
             **actor_retry,
         )
         .map_batches(
@@ -253,7 +290,7 @@ def run(cfg: SegmentConfig, plan: Plan | None = None) -> dict:
     start = time.time()
     plan = plan or prepare(cfg)
     ensure_ray(cfg.ray_address)
-    res = stage_resources(cfg, ray.cluster_resources())
+    res = stage_resources(cfg, ray.cluster_resources(), num_classes=len(plan.class_names))
     statuses: Counter[str] = Counter()
     seen: set[str] = set()
     duplicates = 0

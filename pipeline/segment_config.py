@@ -58,6 +58,9 @@ class SegmentConfig:
     model_gpus: float | None = None  # GPUs per model actor; None: 1 if the cluster has GPUs at start, else 0
     proposal_actors: int | None = None  # None: from the cluster's CPUs
     crf_actors: int | None = None  # None: from the cluster's CPUs
+    # Object-store memory the run's queued data may use (Ray Data resource limit); None: room for a few
+    # blocks of VOC-size images per actor (pipeline.segment.stage_resources). Bounds the data in flight.
+    object_store_mb: float | None = None
     # Ray retries of a task / actor call whose process died (lost node, OOM kill, crash);
     # bounded so that an input that kills its worker every time fails the job, not hangs it.
     task_retries: int = 3
@@ -75,6 +78,8 @@ class SegmentConfig:
             raise ValueError(
                 f"ensemble {self.inference.ensemble!r} needs --fcn-checkpoint (or use --ensemble none for DeconvNet alone)"
             )
+        if self.object_store_mb is not None and self.object_store_mb < 16:
+            raise ValueError("object_store_mb must be >= 16 (MiB)")
         for name in ("batch_size", "write_batch_size", "max_pixels"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1")

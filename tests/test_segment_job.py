@@ -33,7 +33,7 @@ def test_ray_job_submit_runs_the_job(tmp_path, ray_head):
     (inp / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated")
     args = ["python", "jobs/segment_dataset.py", "--input", str(inp), "--output", str(out),
             "--checkpoint", ckpts[0], "--fcn-checkpoint", ckpts[1],
-            "--top-k", "2", "--micro-batch", "4", "--crf-iterations", "3"]
+            "--top-k", "2", "--micro-batch", "4", "--crf-iterations", "3", "--object-store-mb", "96"]
     done = ray_head.submit(args, working_dir=str(REPO), timeout=420)
     text = done.stdout
     assert done.returncode == 0, text[-4000:]
@@ -41,6 +41,7 @@ def test_ray_job_submit_runs_the_job(tmp_path, ray_head):
     assert "segment_dataset: 3 images processed (2 written, 1 errors" in text, text[-4000:]
     summary = json.loads((out / "_summary.json").read_text())
     assert (summary["inputs"], summary["written"], summary["errors"]) == (3, 2, 1)
+    assert summary["resources"]["object_store_bytes"] == 96 * 2**20
     assert (out / "one.png").is_file() and (out / "nested" / "two.png").is_file()
     assert any((out / "_parquet").iterdir()) and any((out / "_errors").iterdir())
 
@@ -81,12 +82,24 @@ def test_cli_fails_fast_on_bad_arguments(tmp_path):
             "--fcn-checkpoint",
             ckpts[1],
         ],
+        "object_store_mb must be >= 16": [
+            "--input",
+            str(inp),
+            "--output",
+            str(tmp_path / "o3"),
+            "--checkpoint",
+            ckpts[0],
+            "--fcn-checkpoint",
+            ckpts[1],
+            "--object-store-mb",
+            "1",
+        ],
     }
     for message, args in cases.items():
         done = subprocess.run(script + args, capture_output=True, text=True, timeout=120, cwd=tmp_path)
         assert done.returncode == 2, done.stderr[-2000:]
         assert message in done.stderr and "Traceback" not in done.stderr
-    assert not (tmp_path / "o1").exists() and not (inp / "masks").exists()
+    assert not (tmp_path / "o1").exists() and not (tmp_path / "o3").exists() and not (inp / "masks").exists()
 
 
 def test_cluster_yaml_is_a_valid_launcher_config():

@@ -8,6 +8,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import re
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -19,7 +20,7 @@ from segment_fixtures import NUM_CLASSES, free_port, make_checkpoints, tiny_conf
 from models import voc_palette
 from pipeline.crf import CRFConfig
 from pipeline.reference import reference_results
-from pipeline.segment import prepare, run
+from pipeline.segment import BLOCK_ROWS, build_dataset, prepare, run, stage_resources
 from pipeline.segmenter import InferenceConfig
 from pipeline.writers import ERROR_SCHEMA, RESULT_SCHEMA
 
@@ -160,6 +161,26 @@ def test_rerun_skips_existing_and_restores_only_what_is_missing(first_run):
     ids = pq.read_table(os.path.join(cfg.output, "_parquet")).column("image_id").to_pylist()
     assert sorted(ids) == sorted(expected)  # no duplicated rows
     assert pq.read_table(os.path.join(cfg.output, "_errors")).num_rows == sum(s != "ok" for s in expected.values())
+
+
+def test_blocks_stay_small_and_the_store_limit_is_this_runs(tmp_path, ckpts, ray_session):
+    """After the read every block holds at most BLOCK_ROWS images, however long the listing (so what a
+    task holds, and what queues between stages, does not grow with the run); the object-store limit is
+    set on this run's dataset, not on the process's DataContext."""
+    names = {f"img{i:02d}.jpg": (48, 64) for i in range(40)}
+    write_images(tmp_path / "in", names)
+    cfg = tiny_config(str(tmp_path / "in"), str(tmp_path / "out"), ckpts, format="png", object_store_mb=64)
+    res = stage_resources(cfg, ray.cluster_resources())
+    ds = build_dataset(cfg, prepare(cfg), res)
+    assert ds.context.execution_options.resource_limits.object_store_memory == res.object_store_bytes == 64 * 2**20
+    assert ray.data.DataContext.get_current().execution_options.resource_limits.object_store_memory == float("inf")
+    rows = ds.take_all()
+    assert sorted(r["image_id"] for r in rows) == sorted(names) and {r["status"] for r in rows} == {"ok"}
+    ops = re.findall(r"Operator \d+ ([^:]+):.*?Output num rows per block: (\d+) min, (\d+) max", ds.stats(), re.S)
+    largest = {name: int(mx) for name, _, mx in ops}
+    for stage in ("decode_images", "ProposalStage", "Segmenter", "CRFStage"):
+        sizes = [v for k, v in largest.items() if stage in k]
+        assert sizes and max(sizes) <= BLOCK_ROWS, (stage, largest)
 
 
 def test_s3_input_and_output_png_only(tmp_path, ckpts, ray_session, s3_server):

@@ -17,7 +17,7 @@ from segment_fixtures import NUM_CLASSES, make_checkpoints, scene, tiny_config, 
 
 from pipeline.crf import dense_crf, kept_classes, uncertainty
 from pipeline.decode import decode_images, read_bytes
-from pipeline.segment import prepare, stage_resources
+from pipeline.segment import BLOCK_ROWS, MIN_STORE_MB, STORE_BLOCKS_PER_ACTOR, prepare, stage_resources
 from pipeline.segment_config import CRFConfig
 from pipeline.segmenter import InferenceConfig, Segmenter, crop_boxes, paste_max, pixel_box
 from pipeline.sources import (
@@ -426,3 +426,19 @@ def test_stage_resources_leave_cpu_headroom():
     big = stage_resources(cfg, {"CPU": 64.0, "GPU": 4.0})
     assert big.model_actors == 4 and big.model_gpus == 1.0 and big.proposal_actors >= 10
     assert big.cpu_share * (big.proposal_actors + big.crf_actors) <= 0.65 * 64
+
+
+def test_object_store_limit_follows_the_actor_pools_and_classes():
+    cfg = tiny_config("in", "out", ("a", "b"))
+    per_image_6 = 500 * 375 * (2 * 6 + 3)  # 6-class float16 probabilities + the RGB image
+    small = stage_resources(cfg, {"CPU": 2.0}, num_classes=6)  # 4 actors
+    assert small.object_store_bytes == 4 * STORE_BLOCKS_PER_ACTOR * BLOCK_ROWS * per_image_6  # ~172 MiB
+    voc = stage_resources(cfg, {"CPU": 2.0}, num_classes=21)
+    assert voc.object_store_bytes > 2.5 * small.object_store_bytes
+    big = stage_resources(cfg, {"CPU": 64.0, "GPU": 4.0}, num_classes=6)
+    assert big.object_store_bytes > 10 * small.object_store_bytes
+    assert stage_resources(cfg, {"CPU": 2.0}, num_classes=1).object_store_bytes == MIN_STORE_MB * 2**20
+    override = tiny_config("in", "out", ("a", "b"), object_store_mb=48)
+    assert stage_resources(override, {"CPU": 2.0}).object_store_bytes == 48 * 2**20
+    with pytest.raises(ValueError, match="object_store_mb"):
+        tiny_config("in", "out", ("a", "b"), object_store_mb=4).validate()
