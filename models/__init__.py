@@ -1,22 +1,36 @@
-"""DeconvNet and FCN-32s/16s/8s on VGG16, their ImageNet initialisation and checkpoints."""
+"""DeconvNet and FCN-32s/16s/8s on VGG16, their ImageNet initialisation and checkpoints.
 
-from models.checkpoint import (
-    CheckpointError,
-    CheckpointMeta,
-    build_model,
-    load_checkpoint,
-    read_checkpoint_meta,
-    save_checkpoint,
-)
-from models.classes import IGNORE_INDEX, IMAGENET_MEAN, IMAGENET_STD, VOC_CLASSES, voc_palette
-from models.deconvnet import DeconvNet, deconvnet
-from models.fcn import FCN, FCN8s, FCN16s, FCN32s, fcn8s, fcn16s, fcn32s
-from models.pretrained import WeightsUnavailableError, load_vgg_state_dict, transplant_vgg
-from models.vgg import VGG16, make_layers, mirror
+The names below are loaded on first use (PEP 562), so that importing a torch-free
+submodule such as ``models.storage`` or ``models.classes`` does not load torch: the
+CPU stages of the pipeline (decode, CRF, writer) import those, and torch would cost
+each of their processes ~2.6 s and ~650 MB of memory.
+"""
 
-__all__ = [
-    "CheckpointError", "CheckpointMeta", "DeconvNet", "FCN", "FCN8s", "FCN16s", "FCN32s", "IGNORE_INDEX",
-    "IMAGENET_MEAN", "IMAGENET_STD", "VGG16", "VOC_CLASSES", "WeightsUnavailableError", "build_model",
-    "deconvnet", "fcn8s", "fcn16s", "fcn32s", "load_checkpoint", "load_vgg_state_dict", "make_layers",
-    "mirror", "read_checkpoint_meta", "save_checkpoint", "transplant_vgg", "voc_palette",
-]
+import importlib
+
+_EXPORTS = {
+    "models.checkpoint": (
+        "CheckpointError", "CheckpointMeta", "build_model", "load_checkpoint", "read_checkpoint_meta", "save_checkpoint",
+    ),
+    "models.classes": ("IGNORE_INDEX", "IMAGENET_MEAN", "IMAGENET_STD", "VOC_CLASSES", "voc_palette"),
+    "models.deconvnet": ("DeconvNet", "deconvnet"),
+    "models.fcn": ("FCN", "FCN8s", "FCN16s", "FCN32s", "fcn8s", "fcn16s", "fcn32s"),
+    "models.pretrained": ("WeightsUnavailableError", "load_vgg_state_dict", "transplant_vgg"),
+    "models.vgg": ("VGG16", "make_layers", "mirror"),
+}
+_MODULE_OF = {name: module for module, names in _EXPORTS.items() for name in names}
+
+__all__ = sorted(_MODULE_OF)
+
+
+def __getattr__(name: str):
+    module = _MODULE_OF.get(name)
+    if module is None:
+        raise AttributeError(f"module 'models' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import argparse
 
+from pipeline.inference_config import InferenceConfig
 from pipeline.proposals import ProposalConfig
 from pipeline.segment_config import CRFConfig
-from pipeline.segmenter import InferenceConfig
 
 
 def add_proposal_args(p: argparse.ArgumentParser) -> None:

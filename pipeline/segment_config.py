@@ -1,8 +1,8 @@
 """Typed configuration of the segmentation job (``jobs/segment_dataset.py``).
 
 One dataclass per concern: ``CRFConfig`` (dense CRF), ``InferenceConfig`` (the model
-stage, defined next to it in ``pipeline.segmenter`` so that module stays importable
-without cv2/ray), ``ProposalConfig`` (``pipeline.proposals``), gathered in
+stage, in ``pipeline.inference_config``: importable without torch, so the CPU stages
+that import this module never load it), ``ProposalConfig`` (``pipeline.proposals``), gathered in
 ``SegmentConfig``. ``config_hash`` covers exactly the settings that change a mask.
 """
 
@@ -13,8 +13,8 @@ import hashlib
 import json
 from dataclasses import dataclass, field
 
+from pipeline.inference_config import InferenceConfig
 from pipeline.proposals import ProposalConfig
-from pipeline.segmenter import InferenceConfig
 
 FORMATS = ("png", "parquet", "both")
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pnm")

@@ -20,7 +20,6 @@ pydensecrf), so it can be used and benchmarked in-process on any GPU machine.
 from __future__ import annotations
 
 import contextlib
-from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -29,19 +28,9 @@ from torchvision.ops import roi_align
 
 from models import load_checkpoint
 from pipeline.faults import inject
+from pipeline.inference_config import InferenceConfig
 
 CROP_SIZE = 224  # DeconvNet's input size (paper Table 2)
-
-
-@dataclass
-class InferenceConfig:
-    ensemble: str = "mean"  # "mean" of DeconvNet and FCN-8s probabilities; "deconvnet" or "fcn" alone
-    micro_batch: int = 32  # crops per DeconvNet forward pass, mixed across the images of a batch
-    precision: str = "bf16"  # autocast dtype on CUDA: "bf16", "fp16" or "fp32"; CPU always runs fp32
-    device: str | None = None  # None: "cuda" when available, else "cpu"
-    # NHWC activations: about 3x faster for the tiny DeconvNet on CPU (BENCHMARKS.md), the layout
-    # tensor cores want on GPU; outputs equal the NCHW ones up to float rounding (~1e-9).
-    channels_last: bool = True
 
 
 def crop_boxes(image: torch.Tensor, boxes: torch.Tensor, size: int = CROP_SIZE) -> torch.Tensor:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
@@ -442,3 +443,14 @@ def test_object_store_limit_follows_the_actor_pools_and_classes():
     assert stage_resources(override, {"CPU": 2.0}).object_store_bytes == 48 * 2**20
     with pytest.raises(ValueError, match="object_store_mb"):
         tiny_config("in", "out", ("a", "b"), object_store_mb=4).validate()
+
+
+def test_cpu_stages_do_not_load_torch():
+    """The decode, CRF and writer processes import only what they use: torch would cost each ~650 MB."""
+    code = (
+        "import sys; import pipeline.decode, pipeline.crf, pipeline.writers, pipeline.segment_config, models.storage; "
+        "print(sorted(m for m in ('torch', 'torchvision') if m in sys.modules))"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=Path(__file__).resolve().parent.parent)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip() == "[]"
