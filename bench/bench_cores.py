@@ -66,10 +66,10 @@ def _model_work():
 WORKLOADS = {"pure-Python loop": None, "dense CRF (pruned, 6 classes)": _crf_work, "model stage (1 thread)": _model_work}
 
 
-def worker(name: str, repeat: int, start: mp.Event, out: mp.Queue) -> None:
+def worker(name: str, repeat: int, ready, out) -> None:
     fn = (lambda: spin(1)) if WORKLOADS[name] is None else WORKLOADS[name]()
     fn()  # warm-up, outside the timed part
-    start.wait()
+    ready.wait()  # every process starts timing together, once all have loaded and warmed up
     t = time.perf_counter()
     for _ in range(repeat):
         fn()
@@ -79,12 +79,10 @@ def worker(name: str, repeat: int, start: mp.Event, out: mp.Queue) -> None:
 def per_unit(name: str, processes: int, repeat: int) -> float:
     """Mean seconds per unit of work when ``processes`` run it at the same time."""
     ctx = mp.get_context("spawn")
-    start, out = ctx.Event(), ctx.Queue()
-    procs = [ctx.Process(target=worker, args=(name, repeat, start, out)) for _ in range(processes)]
+    ready, out = ctx.Barrier(processes), ctx.Queue()
+    procs = [ctx.Process(target=worker, args=(name, repeat, ready, out)) for _ in range(processes)]
     for p in procs:
         p.start()
-    time.sleep(3.0 if WORKLOADS[name] else 0.5)  # let every process load and warm up
-    start.set()
     times = [out.get() for _ in procs]
     for p in procs:
         p.join()
