@@ -6,11 +6,14 @@
    writer) called image by image in this process (torch with its default threads), on
    the first ``--images`` images of the generated 500x375 bucket; per-stage times and
    the bytes each stage hands the next (per image).
-2. Per-core stage profile: the same loop on a few images with one torch thread, i.e.
-   each stage's isolated throughput per core (Ray gives each actor one thread).
+2. Per-core stage profile: the same loop with one torch thread on the same images
+   (``--profile-images`` to use fewer), i.e. each stage's isolated throughput per core
+   (Ray gives each actor one thread).
 3. The pipeline (``pipeline.segment.run``, a local Ray with ``--cpus`` CPUs started
-   beforehand and warmed up on 4 images) on the same images; its masks must equal the
-   baseline's.
+   beforehand and warmed up on 4 images) on the same images, once per ``--layouts``
+   (fused: one actor per CPU runs every stage of its images, the default without GPUs;
+   split: one actor pool per stage, the GPU layout); its masks must equal the
+   baseline's. For each run, the CPU time and peak RSS of every Ray process by role.
 4. Scaling: the pipeline on the first N and 4N (``--scaling``) images, sampling the
    driver's RSS and the object store's use (Ray's memory summary: plasma MiB in use)
    every 0.5 s; the peaks are reported. ``--scaling-store-mb M`` also runs the N images
@@ -131,6 +134,7 @@ class Sampler(Poller):
 
 
 ROLES = (  # (substring of a process's command line, role); the first match wins
+    ("FusedStage", "fused actors"),
     ("CRFStage", "CRF actors"),
     ("Segmenter", "model actors"),
     ("ProposalStage", "proposal actors"),
@@ -141,24 +145,27 @@ ROLES = (  # (substring of a process's command line, role); the first match wins
 )
 
 
-def cpu_snapshot() -> dict[int, tuple[str, float]]:
-    """CPU seconds (user + system) so far of this process and every Ray process, with its role."""
+LAYOUT_ROLES = {"fused": ("fused actors",), "split": ("proposal actors", "model actors", "CRF actors")}
+
+
+def cpu_snapshot() -> dict[int, tuple[str, float, int]]:
+    """CPU seconds (user + system) so far and RSS bytes of this process and every Ray process, with its role."""
     import psutil
 
     found = {}
-    for proc in psutil.process_iter(["pid", "cmdline", "cpu_times"]):
+    for proc in psutil.process_iter(["pid", "cmdline", "cpu_times", "memory_info"]):
         cmd = " ".join(proc.info["cmdline"] or [])
-        times = proc.info["cpu_times"]
-        if times is None:
+        times, mem = proc.info["cpu_times"], proc.info["memory_info"]
+        if times is None or mem is None:
             continue
         role = "driver" if proc.info["pid"] == os.getpid() else next((r for k, r in ROLES if k in cmd), None)
         if role:
-            found[proc.info["pid"]] = (role, times.user + times.system)
+            found[proc.info["pid"]] = (role, times.user + times.system, mem.rss)
     return found
 
 
 class CPUMonitor(Poller):
-    """CPU seconds by process role while a block runs.
+    """CPU seconds and the largest RSS of one process, by process role, while a block runs.
 
     Polled every second, because the actors of a stage exit as soon as their stage is
     done: a process that exits between two polls loses at most its last second. A
@@ -167,32 +174,35 @@ class CPUMonitor(Poller):
 
     def __init__(self, period: float = 1.0) -> None:
         super().__init__(period)
-        self.before: dict[int, tuple[str, float]] | None = None
-        self.last: dict[int, tuple[str, float]] = {}
+        self.before: dict[int, tuple[str, float, int]] | None = None
+        self.last: dict[int, tuple[str, float, int]] = {}
+        self.peak_rss: dict[str, int] = {}
 
     def poll(self) -> None:
         now = cpu_snapshot()
         if self.before is None:
             self.before = now
         self.last.update(now)
+        for role, _, rss in now.values():
+            self.peak_rss[role] = max(self.peak_rss.get(role, 0), rss)
 
     def by_role(self) -> dict[str, float]:
         """A process that started during the block counts whole."""
         used: dict[str, float] = {}
-        for pid, (role, cpu) in self.last.items():
-            used[role] = used.get(role, 0.0) + cpu - self.before.get(pid, (role, 0.0))[1]
+        for pid, (role, cpu, _) in self.last.items():
+            used[role] = used.get(role, 0.0) + cpu - self.before.get(pid, (role, 0.0, 0))[1]
         return used
 
 
-def pipeline_run(cfg: SegmentConfig, sample: bool = True) -> tuple[float, Sampler | None, dict[str, float]]:
-    """Seconds, memory peaks (when ``sample``) and CPU seconds by process role of one run."""
+def pipeline_run(cfg: SegmentConfig, sample: bool = True) -> tuple[float, Sampler | None, CPUMonitor]:
+    """Seconds, memory peaks (when ``sample``) and CPU use by process role of one run."""
     sampler = Sampler() if sample else contextlib.nullcontext()
     with CPUMonitor() as cpu, sampler:
         t = time.perf_counter()
         summary = run(cfg)
         elapsed = time.perf_counter() - t
     assert summary["written"] == summary["processed"] and summary["missing"] == 0, summary
-    return elapsed, sampler if sample else None, cpu.by_role()
+    return elapsed, sampler if sample else None, cpu
 
 
 def same_masks(a: str, b: str) -> tuple[int, int, float]:
@@ -211,12 +221,13 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--images", type=int, default=200, help="images for the pipeline-vs-sequential comparison")
     ap.add_argument("--scaling", default="100,400", help="N,4N images for the scaling runs ('' to skip)")
-    ap.add_argument("--profile-images", type=int, default=8, help="images for the one-thread stage profile")
+    ap.add_argument("--profile-images", type=int, default=0,
+                    help="images for the one-thread stage profile (default 0: all of --images)")
     ap.add_argument("--cpus", type=int, default=os.cpu_count())
+    ap.add_argument("--layouts", default="fused,split", help="pipeline layouts to run on --images, in this order")
+    ap.add_argument("--repeats", type=int, default=1, help="runs of each layout (alternating)")
     ap.add_argument("--scaling-store-mb", type=float, default=0,
                     help="also run the first scaling size with this --object-store-mb (0: don't)")
-    ap.add_argument("--alt-model-actors", type=int, default=0,
-                    help="also run the pipeline with this many CPU model actors (0: don't)")
     ap.add_argument("--checkpoints", nargs=2, metavar=("DECONVNET", "FCN"), help="default: the demo checkpoints")
     ap.add_argument("--bucket", default=str(ROOT / "build/bench/bucket"), help="where the generated JPEGs are kept")
     args = ap.parse_args()
@@ -224,6 +235,7 @@ def main() -> None:
 
     ckpts = tuple(args.checkpoints or demo_checkpoints())
     scaling = [int(x) for x in args.scaling.split(",") if x]
+    layouts = [x for x in args.layouts.split(",") if x]
     paths = make_bucket(args.bucket, max([args.images, *scaling]))
     work = tempfile.mkdtemp(prefix="bench-pipeline-")
     try:
@@ -231,20 +243,21 @@ def main() -> None:
         seq_cfg = config(manifest(paths, work, args.images), os.path.join(work, "seq"), ckpts)
         per_stage, volume, seq_total = sequential(seq_cfg)
         torch.set_num_threads(1)
-        one_core, _, _ = sequential(config(seq_cfg.input, os.path.join(work, "profile"), ckpts), args.profile_images)
+        profile_cfg = config(seq_cfg.input, os.path.join(work, "profile"), ckpts)
+        one_core, _, _ = sequential(profile_cfg, args.profile_images or None)
         torch.set_num_threads(threads)
 
         ray.init(num_cpus=args.cpus, include_dashboard=False, log_to_driver=False)
         # Warm-up: the first dataset of a Ray session also pays for starting worker processes
         # and importing torch in them; later runs reuse those workers. Every timed run is warm.
-        pipeline_run(config(manifest(paths, work, 4), os.path.join(work, "warmup"), ckpts))
-        pipe_cfg = config(seq_cfg.input, os.path.join(work, "pipe"), ckpts)
-        pipe_total, _, pipe_cpu = pipeline_run(pipe_cfg, sample=False)  # no memory sampling: it costs CPU
-        equal, compared, pixel_share = same_masks(seq_cfg.output, pipe_cfg.output)
-        alt_total = None
-        if args.alt_model_actors:
-            alt_cfg = config(seq_cfg.input, os.path.join(work, "pipe-alt"), ckpts, model_actors=args.alt_model_actors)
-            alt_total, _, _ = pipeline_run(alt_cfg, sample=False)
+        for layout in layouts:
+            pipeline_run(config(manifest(paths, work, 4), os.path.join(work, f"warmup-{layout}"), ckpts, layout=layout))
+        pipe_runs = []  # (layout, seconds, CPUMonitor, (equal, compared, pixel share))
+        for rep in range(args.repeats):
+            for layout in layouts:
+                pipe_cfg = config(seq_cfg.input, os.path.join(work, f"pipe-{layout}-{rep}"), ckpts, layout=layout)
+                total, _, cpu = pipeline_run(pipe_cfg, sample=False)  # no memory sampling: it costs CPU
+                pipe_runs.append((layout, total, cpu, same_masks(seq_cfg.output, pipe_cfg.output)))
         scale_rows = []
         runs = [(n, None) for n in scaling]
         if scaling and args.scaling_store_mb:
@@ -258,41 +271,53 @@ def main() -> None:
         ray.shutdown()
     finally:
         shutil.rmtree(work, ignore_errors=True)
+    report(args, threads, ckpts, per_stage, one_core, volume, seq_total, pipe_runs, scale_rows)
 
+
+def report(args, threads, ckpts, per_stage, one_core, volume, seq_total, pipe_runs, scale_rows) -> None:
     n = args.images
     slowest = max(("proposals", "model", "crf"), key=lambda k: one_core[k])
     bound_slowest = args.cpus / one_core[slowest]
     bound_work = args.cpus / sum(one_core.values())
-    pipe_rate, seq_rate = n / pipe_total, n / seq_total
-    print(f"\n{n} images 500x375, {args.cpus} CPUs, torch threads {threads} (sequential); checkpoints {ckpts}")
+    seq_rate = n / seq_total
+    profiled = args.profile_images or n
+    print(f"\n{n} images 500x375, {args.cpus} CPUs, torch threads {threads} (sequential); one-thread profile on "
+          f"{profiled} of them; checkpoints {ckpts}")
     print_table(
         ["stage", "sequential s/image", "one-thread s/image", "one-thread images/s per core", "bytes/image out"],
         [[k, per_stage[k], one_core[k], 1 / one_core[k], f"{volume[k]:,.0f}"] for k in STAGES],
     )
     print()
+    best = max(n / total for _, total, _, _ in pipe_runs)
     print_table(
         ["run", "seconds", "images/s", "ratio"],
         [
             ["sequential, one process", seq_total, seq_rate, "1.00x"],
-            [f"pipeline, Ray Data on {args.cpus} CPUs", pipe_total, pipe_rate, f"{pipe_rate / seq_rate:.2f}x"],
-            *([[f"pipeline, {args.alt_model_actors} CPU model actors", alt_total, n / alt_total,
-                 f"{n / alt_total / seq_rate:.2f}x"]] if alt_total else []),
+            *[[f"pipeline, {layout} layout, Ray Data on {args.cpus} CPUs", total, n / total,
+               f"{n / total / seq_rate:.2f}x"] for layout, total, _, _ in pipe_runs],
             [f"bound: slowest stage ({slowest}) per core x {args.cpus}", "-", bound_slowest,
-             f"pipeline at {100 * pipe_rate / bound_slowest:.0f}%"],
-            [f"bound: all work / {args.cpus} cores", "-", bound_work, f"pipeline at {100 * pipe_rate / bound_work:.0f}%"],
+             f"best pipeline at {100 * best / bound_slowest:.0f}%"],
+            [f"bound: all work / {args.cpus} cores", "-", bound_work, f"best pipeline at {100 * best / bound_work:.0f}%"],
         ],
     )
-    print(f"\nmasks identical to the sequential run: {equal}/{compared} images, {100 * pixel_share:.4f}% of pixels")
-    alone = {"proposal actors": one_core["proposals"], "model actors": one_core["model"], "CRF actors": one_core["crf"]}
-    print(f"\nCPU used during the pipeline run ({pipe_total:.0f} s x {args.cpus} CPUs = "
-          f"{pipe_total * args.cpus:.0f} CPU-s available):")
-    print_table(
-        ["process", "CPU s", "CPU s/image", "one-thread s/image alone", "share of available"],
-        [[role, sec, sec / n, alone.get(role, "-"), f"{100 * sec / (pipe_total * args.cpus):.0f}%"]
-         for role, sec in sorted(pipe_cpu.items(), key=lambda kv: -kv[1])]
-        + [["all", sum(pipe_cpu.values()), sum(pipe_cpu.values()) / n, sum(alone.values()),
-            f"{100 * sum(pipe_cpu.values()) / (pipe_total * args.cpus):.0f}%"]],
-    )
+    alone = {"proposal actors": one_core["proposals"], "model actors": one_core["model"], "CRF actors": one_core["crf"],
+             "fused actors": sum(one_core[k] for k in ("decode", "proposals", "model", "crf"))}
+    for layout, total, cpu, (equal, compared, pixel_share) in pipe_runs:
+        used = cpu.by_role()
+        print(f"\n{layout} layout: masks identical to the sequential run: {equal}/{compared} images, "
+              f"{100 * pixel_share:.4f}% of pixels. CPU used ({total:.0f} s x {args.cpus} CPUs = "
+              f"{total * args.cpus:.0f} CPU-s available):")
+        # The other layout's actors of the run before may still be exiting: their rows say so.
+        in_use = sum(alone[r] for r in LAYOUT_ROLES[layout])
+        print_table(
+            ["process", "CPU s", "CPU s/image", "one-thread s/image alone", "share of available",
+             "largest RSS of one process MiB"],
+            [[role, sec, sec / n, alone[role] if role in LAYOUT_ROLES[layout] else "-",
+              f"{100 * sec / (total * args.cpus):.0f}%", cpu.peak_rss.get(role, 0) / 2**20]
+             for role, sec in sorted(used.items(), key=lambda kv: -kv[1]) if sec >= 0.01]
+            + [["all", sum(used.values()), sum(used.values()) / n, in_use,
+                f"{100 * sum(used.values()) / (total * args.cpus):.0f}%", "-"]],
+        )
     if scale_rows:
         print()
         print_table(["images", "--object-store-mb", "seconds", "images/s", "peak driver RSS MiB",

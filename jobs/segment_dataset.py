@@ -66,7 +66,16 @@ def get_args_parser() -> argparse.ArgumentParser:
     add_crf_args(p)
     g = p.add_argument_group("cluster")
     add_ray_address_arg(g)
-    g.add_argument("--model-actors", type=int, default=None, help="default: one per GPU, or 1")
+    g.add_argument(
+        "--layout",
+        default="auto",
+        choices=["auto", "fused", "split"],
+        help="fused: one CPU actor per CPU runs decode, proposals, model and CRF of its images; split: one actor "
+        "pool per stage (model actors on GPUs); auto (default): split with GPUs or --proposal/--crf-actors, else fused",
+    )
+    g.add_argument(
+        "--model-actors", type=int, default=None, help="default: one per GPU (split), one per CPU (fused)"
+    )
     g.add_argument(
         "--model-gpus",
         type=float,
@@ -107,6 +116,7 @@ def config_from_args(args: argparse.Namespace) -> SegmentConfig:
         batch_size=args.batch_size,
         write_batch_size=args.write_batch_size,
         ray_address=args.ray_address,
+        layout=args.layout,
         model_actors=args.model_actors,
         model_gpus=args.model_gpus,
         proposal_actors=args.proposal_actors,

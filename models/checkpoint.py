@@ -52,6 +52,7 @@ class CheckpointMeta:
     provenance: dict[str, Any] = field(default_factory=dict)  # how it was trained: data, iters, metrics...
     format_version: int = FORMAT_VERSION
     checkpoint_id: str = ""  # sha256 prefix of the file, filled in by load
+    file_bytes: int = 0  # size of the file, filled in by load
 
     def __post_init__(self) -> None:
         if not self.class_names:
@@ -97,6 +98,7 @@ def save_checkpoint(model: nn.Module, path: str, *, meta: CheckpointMeta | None 
     meta.provenance = {**meta.provenance, **provenance}
     record = dataclasses.asdict(meta)
     record.pop("checkpoint_id")
+    record.pop("file_bytes")
     tensors = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
     data = st_save(tensors, metadata={_META_KEY: json.dumps(record)})
     atomic_write(path, data)
@@ -134,6 +136,7 @@ def read_checkpoint_meta(path: str, data: bytes | None = None) -> CheckpointMeta
     known = {f.name for f in dataclasses.fields(CheckpointMeta)}
     meta = CheckpointMeta(**{k: v for k, v in record.items() if k in known})
     meta.checkpoint_id = hashlib.sha256(data).hexdigest()[:16]
+    meta.file_bytes = len(data)
     return meta
 
 

@@ -35,7 +35,7 @@ def proposal_config(args: argparse.Namespace) -> ProposalConfig:
 
 def add_inference_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("model stage")
-    g.add_argument("--batch-size", type=int, default=4, help="images per model-actor call")
+    g.add_argument("--batch-size", type=int, default=4, help="images per model-actor call (split layout)")
     g.add_argument("--micro-batch", type=int, default=32, help="crops per DeconvNet forward pass")
     g.add_argument("--precision", default="bf16", choices=["bf16", "fp16", "fp32"], help="autocast dtype on GPU")
     g.add_argument("--device", default=None, help="model device (default: cuda when available)")

@@ -192,7 +192,7 @@ def evaluate(cfg: EvalConfig, *, num_classes: int, rows: list[dict]) -> dict:
     from pipeline.segment_config import SegmentConfig
 
     ensure_ray(cfg.ray_address)
-    res = stage_resources(SegmentConfig(input="", output="", checkpoint=""), ray.cluster_resources())
+    res = stage_resources(SegmentConfig(input="", output="", checkpoint="", layout="split"), ray.cluster_resources())
     share = res.cpu_share
     variants = cfg.all_variants()
     items = [{**r, "status": "ok", "error": ""} for r in rows]

@@ -4,10 +4,14 @@
 
     listing (driver) -> read_bytes -> decode_images        CPU tasks
       -> ProposalStage (EdgeBoxes)                         CPU actors
-      -> Segmenter (crop, DeconvNet, max-aggregate, FCN)   GPU actors (CPU actors without GPUs)
+      -> Segmenter (crop, DeconvNet, max-aggregate, FCN)   GPU actors
       -> CRFStage (class-pruned dense CRF)                 CPU actors
       -> write_outputs (PNG / Parquet / _errors)           CPU tasks
     -> _summary.json (driver)
+
+That is the "split" layout, used with GPUs. Without GPUs the "fused" layout runs
+decode, proposals, model and CRF of each image in one CPU actor (``FusedStage``, one
+per CPU) between the same read and write: see ``stage_resources``.
 
 ``prepare`` does every check that can fail on a bad argument (checkpoints, input
 root, output location, edge model) before Ray starts any work; ``run`` executes the
@@ -46,12 +50,18 @@ from pipeline.sources import (
 # (what each later task holds: its input and output stay a few images big however long the run is).
 LISTING_ROWS = 64
 BLOCK_ROWS = 4
+# The fused layout's blocks: one image each, so that at the end of a run no actor still has a queue
+# of several images while another is idle (4-image blocks, 2 in flight per actor, left one of 2 actors
+# idle for up to ~20 s of a 100 s run: BENCHMARKS.md section 4). Nothing is batched across images on CPUs.
+FUSED_BLOCK_ROWS = 1
 # Default object-store limit of a run (see stage_resources): per actor of the three pools, room for
 # STORE_BLOCKS_PER_ACTOR blocks of VOC-size images with their probabilities (the largest hop: the model's
 # C x H x W float16 output plus the image); and the least.
 STORE_BLOCKS_PER_ACTOR = 4
 REFERENCE_PIXELS = 500 * 375
 MIN_STORE_MB = 128
+# Memory of a fused actor besides its weights (see fused_actor_bytes).
+FUSED_BASE_BYTES = 3 * 2**29  # 1.5 GiB
 
 
 @dataclass
@@ -66,6 +76,7 @@ class Plan:
     palette: list[list[int]]
     checkpoint_id: str | None
     fcn_checkpoint_id: str | None
+    model_bytes: int = 0  # size of the checkpoints the model stage loads
 
 
 def prepare(cfg: SegmentConfig) -> Plan:
@@ -109,42 +120,68 @@ def prepare(cfg: SegmentConfig) -> Plan:
         palette=[list(c) for c in meta.palette],
         checkpoint_id=metas["deconvnet"].checkpoint_id if "deconvnet" in metas else None,
         fcn_checkpoint_id=metas["fcn"].checkpoint_id if "fcn" in metas else None,
+        model_bytes=sum(m.file_bytes for m in metas.values()),
     )
 
 
 @dataclass
 class StageResources:
-    """Actor pool sizes and per-task/actor CPU reservations for the chain."""
+    """The layout, actor pool sizes and per-task/actor CPU reservations for the chain."""
 
-    cpu_share: float  # CPUs reserved per CPU task/actor (fractional on small machines)
-    model_actors: int
+    layout: str  # "fused" (one CPU actor pool runs decode..CRF) or "split" (a pool per stage)
+    cpu_share: float  # CPUs reserved per CPU task, and per split-layout CPU actor
+    model_actors: int  # split layout
     model_gpus: float  # 1 per model actor when the cluster has GPUs, else 0 (CPU actors)
-    proposal_actors: int
-    crf_actors: int
+    proposal_actors: int  # split layout
+    crf_actors: int  # split layout
+    fused_actors: int  # fused layout
+    fused_cpus: float  # CPUs reserved per fused actor
     object_store_bytes: int  # Ray Data's object-store limit for this run's dataset
 
 
-def stage_resources(cfg: SegmentConfig, resources: dict[str, float], num_classes: int = 21) -> StageResources:
+def fused_actor_bytes(model_bytes: int) -> int:
+    """An estimate of the memory one fused actor needs: torch, the CRF and a VOC-size image's working set
+    (FUSED_BASE_BYTES; with the ~10 MB demo checkpoints the actor's RSS peaked at 1.23-1.26 GiB, BENCHMARKS.md
+    section 4a), plus the weights twice (the file read and the model built from it)."""
+    return FUSED_BASE_BYTES + 2 * model_bytes
+
+
+def stage_resources(
+    cfg: SegmentConfig,
+    resources: dict[str, float],
+    num_classes: int = 21,
+    model_bytes: int = 0,
+    images: int | None = None,
+) -> StageResources:
     """Defaults from the cluster's resources; never more actor reservations than CPUs.
 
     Actors hold their CPUs for the whole run; if they took every CPU, the read and
     write tasks could never be scheduled and the dataset would hang. Each reservation
     is therefore a fraction (1/8 of the cluster's CPUs, at most 1), and the actor
-    pools together stay within 65% of the CPUs. With GPUs, one model actor per GPU and
-    the CPU budget goes to the proposal and CRF pools (1:2, the CRF costs more). Without
-    GPUs every pool takes its share of the budget (at least one actor), after the
-    measured cost per image on one core (BENCHMARKS.md: EdgeBoxes 0.5 s, model stage
-    0.66 s, class-pruned CRF 1.2 s): proposals 20%, model 30%, CRF 50%. On 2 CPUs
-    that is 1 / 1 / 2 actors; a second model actor there measured 15% slower overall.
+    pools together stay within 65% of the CPUs.
+
+    Layout (``cfg.layout``, "auto" by default): with GPU model actors, or when the
+    proposal/CRF pools are sized by hand, one pool per stage ("split"); otherwise one
+    pool of "fused" CPU actors that each run decode, proposals, model and CRF on their
+    images (``pipeline.fused_stage``): one actor per CPU (``model_bytes``, the
+    checkpoints' size, caps it by the cluster's memory; a run of few ``images`` gets
+    no more actors than blocks), each reserving at most 0.65 CPU. On 2 CPUs that
+    measured 1.08-1.10x the split layout's throughput.
+
+    Split layout: with GPUs, one model actor per GPU and the CPU budget goes to the
+    proposal and CRF pools (1:2, the CRF costs more). Without GPUs every pool takes its
+    share of the budget (at least one actor), after the measured cost per image on one
+    core (BENCHMARKS.md: EdgeBoxes 0.5 s, model stage 0.66 s, class-pruned CRF 1.2 s):
+    proposals 20%, model 30%, CRF 50%. On 2 CPUs that is 1 / 1 / 2 actors.
 
     The object-store limit bounds what the stages before the slowest one queue up:
     without it Ray Data lets each stage run ahead up to a share of the whole store
     (hundreds of MiB here, GiBs on a cluster node), so the peak grew with the run.
     The default leaves each actor room for STORE_BLOCKS_PER_ACTOR blocks of VOC-size
-    images with ``num_classes`` probabilities (2 in flight per actor, plus queued ones):
-    a tighter limit (128 MiB for 4 actors, 6 classes) held back the CRF, the slowest
-    stage, and cost ~6% of throughput. ``--object-store-mb`` overrides it (larger
-    images need more).
+    images with what crosses the store after its stage (split: the model's
+    ``num_classes`` float16 probabilities; fused: only the mask): a tighter limit
+    (128 MiB for 4 split actors, 6 classes) held back the CRF, the slowest stage, and
+    cost ~6% of throughput. ``--object-store-mb`` overrides it (larger images need more).
 
     Every pool has a fixed size. Ray Data grows an autoscaling pool only while each of
     its actors has a full queue of inputs, which the object-store limit prevents: a
@@ -153,22 +190,41 @@ def stage_resources(cfg: SegmentConfig, resources: dict[str, float], num_classes
     """
     cpus = max(float(resources.get("CPU", 1.0)), 1.0)
     gpus = int(resources.get("GPU", 0.0))
-    # An autoscaling cluster may have no GPU node yet: --model-gpus 1 asks for them anyway.
-    model_gpus = cfg.model_gpus if cfg.model_gpus is not None else (1.0 if gpus else 0.0)
     share = min(1.0, cpus / 8)
     budget = max(int(0.65 * cpus / share), 3)
-    if model_gpus:
-        model_actors = cfg.model_actors or max(gpus, 1)
-        proposal_actors = cfg.proposal_actors or max(1, budget // 3)
-        crf_actors = cfg.crf_actors or max(1, budget - budget // 3)
+    layout = cfg.layout
+    if layout == "auto":
+        hand_sized = cfg.model_gpus or cfg.proposal_actors or cfg.crf_actors
+        layout = "split" if gpus or hand_sized else "fused"
+    proposal_actors = model_actors = crf_actors = fused_actors = 0
+    fused_cpus = model_gpus = 0.0
+    if layout == "fused":
+        fused_actors = cfg.model_actors or max(1, int(cpus))
+        memory = resources.get("memory", 0.0)
+        if not cfg.model_actors and memory:
+            fused_actors = max(1, min(fused_actors, int(memory // fused_actor_bytes(model_bytes))))
+        if not cfg.model_actors and images:
+            fused_actors = min(fused_actors, math.ceil(images / FUSED_BLOCK_ROWS))
+        fused_cpus = min(share, 0.65 * cpus / fused_actors)
+        block_rows, bytes_per_pixel = FUSED_BLOCK_ROWS, 4  # only the mask (1 B) is in the store, not the image
     else:
-        proposal_actors = cfg.proposal_actors or max(1, int(0.2 * budget))
-        model_actors = cfg.model_actors or max(1, int(0.3 * budget))
-        crf_actors = cfg.crf_actors or max(1, int(0.5 * budget))
-    actors = proposal_actors + model_actors + crf_actors
-    per_actor = STORE_BLOCKS_PER_ACTOR * BLOCK_ROWS * REFERENCE_PIXELS * (2 * num_classes + 3)
+        # An autoscaling cluster may have no GPU node yet: --model-gpus 1 asks for them anyway.
+        model_gpus = cfg.model_gpus if cfg.model_gpus is not None else (1.0 if gpus else 0.0)
+        if model_gpus:
+            model_actors = cfg.model_actors or max(gpus, 1)
+            proposal_actors = cfg.proposal_actors or max(1, budget // 3)
+            crf_actors = cfg.crf_actors or max(1, budget - budget // 3)
+        else:
+            proposal_actors = cfg.proposal_actors or max(1, int(0.2 * budget))
+            model_actors = cfg.model_actors or max(1, int(0.3 * budget))
+            crf_actors = cfg.crf_actors or max(1, int(0.5 * budget))
+        block_rows, bytes_per_pixel = BLOCK_ROWS, 2 * num_classes + 3
+    actors = proposal_actors + model_actors + crf_actors + fused_actors
+    per_actor = STORE_BLOCKS_PER_ACTOR * block_rows * REFERENCE_PIXELS * bytes_per_pixel
     store = cfg.object_store_mb * 2**20 if cfg.object_store_mb else max(MIN_STORE_MB * 2**20, actors * per_actor)
-    return StageResources(share, model_actors, model_gpus, proposal_actors, crf_actors, int(store))
+    return StageResources(
+        layout, share, model_actors, model_gpus, proposal_actors, crf_actors, fused_actors, fused_cpus, int(store)
+    )
 
 
 def build_dataset(cfg: SegmentConfig, plan: Plan, res: StageResources):
@@ -203,23 +259,63 @@ def retry_args(retries: int) -> tuple[dict, dict]:
 def _chain(cfg: SegmentConfig, plan: Plan, res: StageResources, task_retry: dict, actor_retry: dict):
     import ray
 
-    from pipeline.crf import CRFStage
-    from pipeline.decode import decode_images, read_bytes
-    from pipeline.proposal_stage import ProposalStage
-    from pipeline.segmenter import Segmenter
+    from pipeline.decode import read_bytes
     from pipeline.writers import write_outputs
 
     n = len(plan.todo)
     share = res.cpu_share
-    return (
+    fused = res.layout == "fused"
+    ds = (
         ray.data.from_items(plan.todo, override_num_blocks=max(1, min(n, max(8, math.ceil(n / LISTING_ROWS)))))
         .map_batches(read_bytes, batch_size=8, batch_format="numpy", num_cpus=share, **task_retry)
-        # Re-cut the listing's blocks into blocks of exactly BLOCK_ROWS images right after the read (the
-        # file bytes are the smallest payload): every later task then holds a few images, whatever the size
-        # of the run, so the data in flight between stages (2.8-7.9 MB per image after the model with 6-21
-        # classes) does not grow with the listing.
-        .repartition(target_num_rows_per_block=BLOCK_ROWS, strict=True)
-        .map_batches(
+        # Re-cut the listing's blocks into blocks of exactly BLOCK_ROWS images (FUSED_BLOCK_ROWS for the fused
+        # actors) right after the read (the file bytes are the smallest payload): every later task then holds
+        # a few images, whatever the size of the run, so the data in flight between stages (2.8-7.9 MB per
+        # image after the model with 6-21 classes) does not grow with the listing.
+        .repartition(target_num_rows_per_block=FUSED_BLOCK_ROWS if fused else BLOCK_ROWS, strict=True)
+    )
+    if fused:
+        from pipeline.fused_stage import FusedStage
+
+        ds = ds.map_batches(
+            FusedStage,
+            fn_constructor_kwargs={"cfg": cfg},
+            batch_size=FUSED_BLOCK_ROWS,
+            batch_format="numpy",
+            num_cpus=res.fused_cpus,
+            concurrency=res.fused_actors,
+            **actor_retry,
+        )
+    else:
+        ds = _split_stages(ds, cfg, res, task_retry, actor_retry)
+    return ds.map_batches(
+        write_outputs,
+        fn_kwargs={
+            "output": cfg.output,
+            "formats": cfg.formats,
+            "class_names": plan.class_names,
+            "palette": plan.palette,
+            "checkpoint_id": plan.checkpoint_id,
+            "fcn_checkpoint_id": plan.fcn_checkpoint_id,
+            "config_hash": cfg.config_hash(),
+        },
+        batch_size=cfg.write_batch_size,
+        batch_format="numpy",
+        num_cpus=share,
+        **task_retry,
+    )
+
+
+def _split_stages(ds, cfg: SegmentConfig, res: StageResources, task_retry: dict, actor_retry: dict):
+    """Decode tasks, then one actor pool per stage: proposals, model (on GPUs when there are), CRF."""
+    from pipeline.crf import CRFStage
+    from pipeline.decode import decode_images
+    from pipeline.proposal_stage import ProposalStage
+    from pipeline.segmenter import Segmenter
+
+    share = res.cpu_share
+    return (
+        ds.map_batches(
             decode_images,
             fn_kwargs={"max_pixels": cfg.max_pixels},
             batch_size=BLOCK_ROWS,
@@ -259,22 +355,6 @@ def _chain(cfg: SegmentConfig, plan: Plan, res: StageResources, task_retry: dict
             concurrency=res.crf_actors,
             **actor_retry,
         )
-        .map_batches(
-            write_outputs,
-            fn_kwargs={
-                "output": cfg.output,
-                "formats": cfg.formats,
-                "class_names": plan.class_names,
-                "palette": plan.palette,
-                "checkpoint_id": plan.checkpoint_id,
-                "fcn_checkpoint_id": plan.fcn_checkpoint_id,
-                "config_hash": cfg.config_hash(),
-            },
-            batch_size=cfg.write_batch_size,
-            batch_format="numpy",
-            num_cpus=share,
-            **task_retry,
-        )
     )
 
 
@@ -290,7 +370,7 @@ def run(cfg: SegmentConfig, plan: Plan | None = None) -> dict:
     start = time.time()
     plan = plan or prepare(cfg)
     ensure_ray(cfg.ray_address)
-    res = stage_resources(cfg, ray.cluster_resources(), num_classes=len(plan.class_names))
+    res = stage_resources(cfg, ray.cluster_resources(), len(plan.class_names), plan.model_bytes, len(plan.todo))
     statuses: Counter[str] = Counter()
     seen: set[str] = set()
     duplicates = 0

@@ -17,6 +17,7 @@ from pipeline.inference_config import InferenceConfig
 from pipeline.proposals import ProposalConfig
 
 FORMATS = ("png", "parquet", "both")
+LAYOUTS = ("auto", "fused", "split")
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pnm")
 
 
@@ -52,9 +53,12 @@ class SegmentConfig:
     crf: CRFConfig = field(default_factory=CRFConfig)
     # Execution (no effect on results).
     ray_address: str | None = None  # None: $RAY_ADDRESS (set inside `ray job submit`) or a new local Ray
-    batch_size: int = 4  # images per model-actor call; their crops share DeconvNet micro-batches
+    batch_size: int = 4  # images per model-actor call (split layout); their crops share DeconvNet micro-batches
     write_batch_size: int = 64  # rows per Parquet part file
-    model_actors: int | None = None  # None: one per GPU, or 1 CPU actor without GPUs
+    # "fused": decode, proposals, model and CRF of an image in one CPU actor, one actor per CPU; "split": one
+    # actor pool per stage (model actors on GPUs); "auto": split with GPUs or --proposal/crf-actors, else fused.
+    layout: str = "auto"
+    model_actors: int | None = None  # None: one per GPU (split), one per CPU (fused), or from the CPUs
     model_gpus: float | None = None  # GPUs per model actor; None: 1 if the cluster has GPUs at start, else 0
     proposal_actors: int | None = None  # None: from the cluster's CPUs
     crf_actors: int | None = None  # None: from the cluster's CPUs
@@ -77,6 +81,13 @@ class SegmentConfig:
         if self.inference.ensemble != "deconvnet" and not self.fcn_checkpoint:
             raise ValueError(
                 f"ensemble {self.inference.ensemble!r} needs --fcn-checkpoint (or use --ensemble none for DeconvNet alone)"
+            )
+        if self.layout not in LAYOUTS:
+            raise ValueError(f"--layout must be one of {LAYOUTS}, got {self.layout!r}")
+        if self.layout == "fused" and (self.model_gpus or self.proposal_actors or self.crf_actors):
+            raise ValueError(
+                "--layout fused runs every stage in one pool of CPU actors (sized by --model-actors): "
+                "--model-gpus, --proposal-actors and --crf-actors need --layout split"
             )
         if self.object_store_mb is not None and self.object_store_mb < 16:
             raise ValueError("object_store_mb must be >= 16 (MiB)")

@@ -42,6 +42,7 @@ def test_ray_job_submit_runs_the_job(tmp_path, ray_head):
     summary = json.loads((out / "_summary.json").read_text())
     assert (summary["inputs"], summary["written"], summary["errors"]) == (3, 2, 1)
     assert summary["resources"]["object_store_bytes"] == 96 * 2**20
+    assert summary["resources"]["layout"] == "fused" and summary["resources"]["fused_actors"] >= 1  # no GPUs
     assert (out / "one.png").is_file() and (out / "nested" / "two.png").is_file()
     assert any((out / "_parquet").iterdir()) and any((out / "_errors").iterdir())
 
@@ -94,12 +95,27 @@ def test_cli_fails_fast_on_bad_arguments(tmp_path):
             "--object-store-mb",
             "1",
         ],
+        "need --layout split": [
+            "--input",
+            str(inp),
+            "--output",
+            str(tmp_path / "o4"),
+            "--checkpoint",
+            ckpts[0],
+            "--fcn-checkpoint",
+            ckpts[1],
+            "--layout",
+            "fused",
+            "--crf-actors",
+            "2",
+        ],
     }
     for message, args in cases.items():
         done = subprocess.run(script + args, capture_output=True, text=True, timeout=120, cwd=tmp_path)
         assert done.returncode == 2, done.stderr[-2000:]
         assert message in done.stderr and "Traceback" not in done.stderr
     assert not (tmp_path / "o1").exists() and not (tmp_path / "o3").exists() and not (inp / "masks").exists()
+    assert not (tmp_path / "o4").exists()
 
 
 def test_cluster_yaml_is_a_valid_launcher_config():

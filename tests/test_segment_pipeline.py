@@ -20,7 +20,7 @@ from segment_fixtures import NUM_CLASSES, free_port, make_checkpoints, tiny_conf
 from models import voc_palette
 from pipeline.crf import CRFConfig
 from pipeline.reference import reference_results
-from pipeline.segment import BLOCK_ROWS, build_dataset, prepare, run, stage_resources
+from pipeline.segment import BLOCK_ROWS, FUSED_BLOCK_ROWS, build_dataset, prepare, run, stage_resources
 from pipeline.segmenter import InferenceConfig
 from pipeline.writers import ERROR_SCHEMA, RESULT_SCHEMA
 
@@ -163,24 +163,37 @@ def test_rerun_skips_existing_and_restores_only_what_is_missing(first_run):
     assert pq.read_table(os.path.join(cfg.output, "_errors")).num_rows == sum(s != "ok" for s in expected.values())
 
 
-def test_blocks_stay_small_and_the_store_limit_is_this_runs(tmp_path, ckpts, ray_session):
-    """After the read every block holds at most BLOCK_ROWS images, however long the listing (so what a
+@pytest.mark.parametrize(
+    "layout, stages, block_rows",
+    [
+        ("split", ("decode_images", "ProposalStage", "Segmenter", "CRFStage"), BLOCK_ROWS),
+        ("fused", ("FusedStage",), FUSED_BLOCK_ROWS),
+    ],
+)
+def test_blocks_stay_small_and_the_store_limit_is_this_runs(tmp_path, ckpts, ray_session, layout, stages, block_rows):
+    """After the read every block holds at most a few images, however long the listing (so what a
     task holds, and what queues between stages, does not grow with the run); the object-store limit is
-    set on this run's dataset, not on the process's DataContext."""
+    set on this run's dataset, not on the process's DataContext. Both layouts write the reference's masks
+    (the first run above uses the default, fused, layout on these 2 CPUs; split is the GPU layout)."""
     names = {f"img{i:02d}.jpg": (48, 64) for i in range(40)}
     write_images(tmp_path / "in", names)
-    cfg = tiny_config(str(tmp_path / "in"), str(tmp_path / "out"), ckpts, format="png", object_store_mb=64)
+    out = tmp_path / "out"
+    cfg = tiny_config(str(tmp_path / "in"), str(out), ckpts, format="png", object_store_mb=64, layout=layout)
     res = stage_resources(cfg, ray.cluster_resources())
-    ds = build_dataset(cfg, prepare(cfg), res)
+    assert res.layout == layout
+    plan = prepare(cfg)
+    ds = build_dataset(cfg, plan, res)
     assert ds.context.execution_options.resource_limits.object_store_memory == res.object_store_bytes == 64 * 2**20
     assert ray.data.DataContext.get_current().execution_options.resource_limits.object_store_memory == float("inf")
     rows = ds.take_all()
     assert sorted(r["image_id"] for r in rows) == sorted(names) and {r["status"] for r in rows} == {"ok"}
     ops = re.findall(r"Operator \d+ ([^:]+):.*?Output num rows per block: (\d+) min, (\d+) max", ds.stats(), re.S)
     largest = {name: int(mx) for name, _, mx in ops}
-    for stage in ("decode_images", "ProposalStage", "Segmenter", "CRFStage"):
+    for stage in stages:
         sizes = [v for k, v in largest.items() if stage in k]
-        assert sizes and max(sizes) <= BLOCK_ROWS, (stage, largest)
+        assert sizes and max(sizes) <= block_rows, (stage, largest)
+    for image_id, r in reference_results(cfg, plan.todo[:8]).items():
+        np.testing.assert_array_equal(_png(out / image_id.replace(".jpg", ".png")), r["mask"], err_msg=image_id)
 
 
 def test_s3_input_and_output_png_only(tmp_path, ckpts, ray_session, s3_server):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -18,7 +19,14 @@ from segment_fixtures import NUM_CLASSES, make_checkpoints, scene, tiny_config, 
 
 from pipeline.crf import dense_crf, kept_classes, uncertainty
 from pipeline.decode import decode_images, read_bytes
-from pipeline.segment import BLOCK_ROWS, MIN_STORE_MB, STORE_BLOCKS_PER_ACTOR, prepare, stage_resources
+from pipeline.segment import (
+    BLOCK_ROWS,
+    MIN_STORE_MB,
+    STORE_BLOCKS_PER_ACTOR,
+    fused_actor_bytes,
+    prepare,
+    stage_resources,
+)
 from pipeline.segment_config import CRFConfig
 from pipeline.segmenter import InferenceConfig, Segmenter, crop_boxes, paste_max, pixel_box
 from pipeline.sources import (
@@ -412,25 +420,52 @@ def test_prepare_fails_fast_on_bad_arguments(tmp_path, ckpts):
     assert not (tmp_path / "out").exists()  # nothing was started or written
     plan = prepare(tiny_config(str(inp), out, ckpts))
     assert [i["image_id"] for i in plan.todo] == ["a.jpg"] and plan.n_skipped == 0
+    assert plan.model_bytes == sum(os.path.getsize(c) for c in ckpts)  # what a fused actor's memory cap counts
 
 
 def test_stage_resources_leave_cpu_headroom():
-    cfg = tiny_config("in", "out", ("a", "b"))
+    cfg = tiny_config("in", "out", ("a", "b"), layout="split")
     small = stage_resources(cfg, {"CPU": 2.0})
     reserved = small.cpu_share * (small.model_actors + small.proposal_actors + small.crf_actors)
-    assert small.model_gpus == 0 and reserved <= 0.65 * 2 + 1e-9
+    assert small.layout == "split" and small.model_gpus == 0 and reserved <= 0.65 * 2 + 1e-9
     # Without GPUs the pools follow the measured cost per image: the CRF's is the largest.
-    assert (small.proposal_actors, small.model_actors, small.crf_actors) == (1, 1, 2)
+    assert (small.proposal_actors, small.model_actors, small.crf_actors, small.fused_actors) == (1, 1, 2, 0)
     cpu_only = stage_resources(cfg, {"CPU": 32.0})
     assert cpu_only.cpu_share * (cpu_only.model_actors + cpu_only.proposal_actors + cpu_only.crf_actors) <= 0.65 * 32
     assert cpu_only.crf_actors > cpu_only.model_actors > cpu_only.proposal_actors
-    big = stage_resources(cfg, {"CPU": 64.0, "GPU": 4.0})
-    assert big.model_actors == 4 and big.model_gpus == 1.0 and big.proposal_actors >= 10
+    big = stage_resources(tiny_config("in", "out", ("a", "b")), {"CPU": 64.0, "GPU": 4.0})  # auto: GPUs -> split
+    assert big.layout == "split" and big.model_actors == 4 and big.model_gpus == 1.0 and big.proposal_actors >= 10
     assert big.cpu_share * (big.proposal_actors + big.crf_actors) <= 0.65 * 64
 
 
-def test_object_store_limit_follows_the_actor_pools_and_classes():
+def test_without_gpus_the_stages_run_fused_one_actor_per_cpu():
     cfg = tiny_config("in", "out", ("a", "b"))
+    small = stage_resources(cfg, {"CPU": 2.0, "memory": 16 * 2**30})
+    assert (small.layout, small.fused_actors, small.model_gpus) == ("fused", 2, 0)
+    assert (small.proposal_actors, small.model_actors, small.crf_actors) == (0, 0, 0)
+    assert small.fused_cpus * small.fused_actors <= 0.65 * 2  # read and write tasks still find CPU slots
+    node = stage_resources(cfg, {"CPU": 64.0, "memory": 512 * 2**30})
+    assert node.fused_actors == 64 and node.fused_cpus * 64 <= 0.65 * 64 + 1e-9
+    # Every fused actor holds the models: the cluster's memory caps the pool (paper-width checkpoints, 1.6 GB).
+    paper = 1_600_000_000
+    capped = stage_resources(cfg, {"CPU": 64.0, "memory": 100 * 2**30}, model_bytes=paper)
+    assert capped.fused_actors == 100 * 2**30 // fused_actor_bytes(paper) < 64
+    assert stage_resources(cfg, {"CPU": 4.0, "memory": 2**30}, model_bytes=paper).fused_actors == 1
+    assert stage_resources(cfg, {"CPU": 64.0}, images=3).fused_actors == 3  # no idle actors
+    sized = tiny_config("in", "out", ("a", "b"), model_actors=40)
+    assert stage_resources(sized, {"CPU": 64.0, "memory": 100 * 2**30}, model_bytes=paper).fused_actors == 40
+    # Hand-sized CPU pools or GPU model actors mean the split layout; fused with them is a clear error.
+    assert stage_resources(tiny_config("in", "out", ("a", "b"), crf_actors=3), {"CPU": 2.0}).layout == "split"
+    assert stage_resources(tiny_config("in", "out", ("a", "b"), model_gpus=1.0), {"CPU": 8.0}).model_gpus == 1.0
+    for bad in ({"crf_actors": 2}, {"proposal_actors": 1}, {"model_gpus": 1.0}):
+        with pytest.raises(ValueError, match="need --layout split"):
+            tiny_config("in", "out", ("a", "b"), layout="fused", **bad).validate()
+    with pytest.raises(ValueError, match="--layout must be one of"):
+        tiny_config("in", "out", ("a", "b"), layout="pipelined").validate()
+
+
+def test_object_store_limit_follows_the_actor_pools_and_classes():
+    cfg = tiny_config("in", "out", ("a", "b"), layout="split")
     per_image_6 = 500 * 375 * (2 * 6 + 3)  # 6-class float16 probabilities + the RGB image
     small = stage_resources(cfg, {"CPU": 2.0}, num_classes=6)  # 4 actors
     assert small.object_store_bytes == 4 * STORE_BLOCKS_PER_ACTOR * BLOCK_ROWS * per_image_6  # ~172 MiB
@@ -439,6 +474,9 @@ def test_object_store_limit_follows_the_actor_pools_and_classes():
     big = stage_resources(cfg, {"CPU": 64.0, "GPU": 4.0}, num_classes=6)
     assert big.object_store_bytes > 10 * small.object_store_bytes
     assert stage_resources(cfg, {"CPU": 2.0}, num_classes=1).object_store_bytes == MIN_STORE_MB * 2**20
+    # Fused: no probabilities cross the store (only the bytes read and the masks), whatever the classes.
+    fused = stage_resources(tiny_config("in", "out", ("a", "b")), {"CPU": 2.0}, num_classes=21)
+    assert fused.object_store_bytes == MIN_STORE_MB * 2**20
     override = tiny_config("in", "out", ("a", "b"), object_store_mb=48)
     assert stage_resources(override, {"CPU": 2.0}).object_store_bytes == 48 * 2**20
     with pytest.raises(ValueError, match="object_store_mb"):
