@@ -166,7 +166,7 @@ def stage_resources(
     images (``pipeline.fused_stage``): one actor per CPU (``model_bytes``, the
     checkpoints' size, caps it by the cluster's memory; a run of few ``images`` gets
     no more actors than blocks), each reserving at most 0.65 CPU. On 2 CPUs that
-    measured 1.08-1.10x the split layout's throughput.
+    measured 1.08-1.15x the split layout's throughput.
 
     Split layout: with GPUs, one model actor per GPU and the CPU budget goes to the
     proposal and CRF pools (1:2, the CRF costs more). Without GPUs every pool takes its
