@@ -141,7 +141,7 @@ class StageResources:
 
 def fused_actor_bytes(model_bytes: int) -> int:
     """An estimate of the memory one fused actor needs: torch, the CRF and a VOC-size image's working set
-    (FUSED_BASE_BYTES; with the ~10 MB demo checkpoints the actor's RSS peaked at 1.23-1.26 GiB, BENCHMARKS.md
+    (FUSED_BASE_BYTES; with the ~10 MB demo checkpoints the actor's RSS peaked at 1200-1257 MiB, BENCHMARKS.md
     section 4a), plus the weights twice (the file read and the model built from it)."""
     return FUSED_BASE_BYTES + 2 * model_bytes
 
