@@ -89,7 +89,8 @@ def get_args_parser() -> argparse.ArgumentParser:
         type=float,
         default=None,
         help="object-store memory (MiB) the run's data in flight may use; default: room for 4 blocks of "
-        "VOC-size images per actor (about 43 MiB per actor with 6 classes, 129 with 21)",
+        "VOC-size images per actor (split layout: about 43 MiB per actor with 6 classes, 129 with 21; "
+        "fused: 3 MiB), at least 128 MiB",
     )
     g.add_argument(
         "--task-retries",

@@ -1,8 +1,9 @@
 """The same steps as the Ray chain, one image at a time, in this process, without Ray.
 
 Used to check that distribution changes nothing (tests compare the two), as the body of
-the fused layout's actor (``pipeline.fused_stage``), and handy for debugging one image: ``reference_results(cfg, items)`` returns, per ``image_id``, the
-status, error, mask and uncertainty the job would write.
+the fused layout's actor (``pipeline.fused_stage``), and handy for debugging one image:
+``reference_results(cfg, items)`` returns, per ``image_id``, the status, error, mask and
+uncertainty the job would write.
 """
 
 from __future__ import annotations

@@ -51,8 +51,8 @@ from pipeline.sources import (
 LISTING_ROWS = 64
 BLOCK_ROWS = 4
 # The fused layout's blocks: one image each, so that at the end of a run no actor still has a queue
-# of several images while another is idle (4-image blocks, 2 in flight per actor, left one of 2 actors
-# idle for up to ~20 s of a 100 s run: BENCHMARKS.md section 4). Nothing is batched across images on CPUs.
+# of several images while another is idle (with 4-image blocks, 2 in flight per actor, one 60-image run
+# left 6% of the CPU time unused: BENCHMARKS.md section 4a). Nothing is batched across images on CPUs.
 FUSED_BLOCK_ROWS = 1
 # Default object-store limit of a run (see stage_resources): per actor of the three pools, room for
 # STORE_BLOCKS_PER_ACTOR blocks of VOC-size images with their probabilities (the largest hop: the model's
