@@ -6,8 +6,9 @@ and the model actor's whole job per image.
 
 1. Matrix-multiply peak of the device, measured (fp32 and bf16 ``torch.mm``).
 2. DeconvNet (``--width``, paper = 1.0) on 224x224 crops: crops/s for fp32, bf16 autocast,
-   bf16 + channels_last, and bf16 + channels_last + ``torch.compile``, per batch size;
-   achieved FLOP/s (FLOPs per crop from ``models.summary``) as a share of the bf16 peak.
+   bf16 + channels_last, then with BatchNorm folded into the convolutions (what the model
+   actor runs), and that + ``torch.compile``, per batch size; achieved FLOP/s (FLOPs per
+   crop from ``models.summary``, the unfolded network's) as a share of the bf16 peak.
 3. The model actor's job per image (``pipeline.segmenter.Segmenter``, random weights of
    the same width, 21 classes): 50 proposals + FCN-8s on a 500x375 image + aggregation +
    ensemble; images/s and the share of time spent outside the two networks' forward passes.
@@ -26,7 +27,7 @@ from common import print_table
 import numpy as np
 import torch
 
-from models import FCN, DeconvNet, save_checkpoint
+from models import FCN, DeconvNet, fold_batchnorm, save_checkpoint
 from models.summary import forward_flops
 from pipeline.segmenter import InferenceConfig, Segmenter
 
@@ -58,13 +59,17 @@ def matmul_peak(device: torch.device, dtype: torch.dtype, n: int, min_seconds: f
 
 def deconvnet_rows(args, device: torch.device, bf16_peak: float) -> list[list]:
     flops = forward_flops(DeconvNet(num_classes=21, width=args.width), (1, 3, 224, 224))
-    variants = [("fp32", None, False, False), ("bf16 autocast", torch.bfloat16, False, False),
-                ("bf16 + channels_last", torch.bfloat16, True, False)]
+    # (name, autocast dtype, channels_last, BN folded as the model actor does (models.fold), torch.compile)
+    variants = [("fp32", None, False, False, False), ("bf16 autocast", torch.bfloat16, False, False, False),
+                ("bf16 + channels_last", torch.bfloat16, True, False, False),
+                ("bf16 + channels_last + BN folded", torch.bfloat16, True, True, False)]
     if not args.no_compile:
-        variants.append(("bf16 + channels_last + compile", torch.bfloat16, True, True))
+        variants.append(("bf16 + channels_last + BN folded + compile", torch.bfloat16, True, True, True))
     rows = []
-    for name, dtype, channels_last, compiled in variants:
+    for name, dtype, channels_last, folded, compiled in variants:
         model = DeconvNet(num_classes=21, width=args.width).to(device).eval()
+        if folded:
+            fold_batchnorm(model)
         fmt = torch.channels_last if channels_last else torch.contiguous_format
         model = model.to(memory_format=fmt)
         run_model = torch.compile(model) if compiled else model

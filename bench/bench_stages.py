@@ -142,7 +142,12 @@ def main() -> None:
     nchw = Segmenter(*ckpts, InferenceConfig(device="cpu", channels_last=False))
     t, _ = timed(lambda i: nchw.predict([images[i]], [boxes[i]])[0], list(range(n)))
     rows.append(["model stage, NCHW (channels_last=False)", "demo 1/16", 1 / t, "images/s", "before channels_last"])
+    unfolded = Segmenter(*ckpts, InferenceConfig(device="cpu"), fold_bn=False)
+    t_unfolded, unfolded_probs = timed(lambda i: unfolded.predict([images[i]], [boxes[i]])[0], list(range(n)))
     t, probs = timed(lambda i: seg.predict([images[i]], [boxes[i]])[0], list(range(n)))
+    same = np.mean([(a.argmax(0) == b.argmax(0)).mean() for a, b in zip(probs, unfolded_probs)])
+    rows.append(["model stage, BatchNorm not folded (fold_bn=False)", "demo 1/16", 1 / t_unfolded, "images/s",
+                 f"before BN folding; {100 * same:.3f}% same argmax"])
     crops = sum(len(b) for b in boxes[:n]) / n
     rows.append(["model stage (crops+DeconvNet+aggregate+FCN+ensemble)", "demo 1/16", 1 / t, "images/s",
                  f"{crops:.1f} crops/image"])

@@ -14,6 +14,7 @@ _EXPORTS = {
     ),
     "models.classes": ("IGNORE_INDEX", "IMAGENET_MEAN", "IMAGENET_STD", "VOC_CLASSES", "voc_palette"),
     "models.deconvnet": ("DeconvNet", "deconvnet"),
+    "models.fold": ("fold_batchnorm",),
     "models.fcn": ("FCN", "FCN8s", "FCN16s", "FCN32s", "fcn8s", "fcn16s", "fcn32s"),
     "models.pretrained": ("WeightsUnavailableError", "load_vgg_state_dict", "transplant_vgg"),
     "models.vgg": ("VGG16", "make_layers", "mirror"),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -19,7 +20,8 @@ def _run(*args: str) -> str:
 
 def test_bench_gpu_smoke_runs_without_ray_cv2_or_crf():
     out = _run("bench/bench_gpu.py", "--smoke")
-    assert "| bf16 + channels_last | 4 " in out
+    for variant in ("bf16 + channels_last", "bf16 + channels_last + BN folded"):
+        assert re.search(rf"\| {re.escape(variant)} +\| 4 +\| [0-9.]+ ", out), variant
     assert "50 proposals + FCN-8s, 500x375" in out
     assert "modules imported from ray/cv2/pydensecrf: none" in out
 
@@ -27,6 +29,7 @@ def test_bench_gpu_smoke_runs_without_ray_cv2_or_crf():
 @pytest.mark.slow
 def test_bench_stages_smoke_with_the_demo_checkpoints():
     out = _run("bench/bench_stages.py", "--images", "2", "--crf-images", "1")
-    for stage in ("EdgeBoxes proposals", "model stage, NCHW", "dense CRF (class-pruned", "write palette PNG"):
+    for stage in ("EdgeBoxes proposals", "model stage, NCHW", "model stage, BatchNorm not folded", "dense CRF (class-pruned",
+                  "write palette PNG"):
         assert stage in out, stage
     assert "| VOC-like 21 classes, EDeconvNet-shaped | 21 " in out

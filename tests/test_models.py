@@ -16,6 +16,7 @@ from models import (
     DeconvNet,
     FCN,
     WeightsUnavailableError,
+    fold_batchnorm,
     load_checkpoint,
     load_vgg_state_dict,
     mirror,
@@ -103,6 +104,24 @@ def test_tiny_deconvnet_forward_backward_on_cpu():
     F.cross_entropy(out, torch.randint(0, 5, (2, 224, 224))).backward()
     assert x.grad is not None and x.grad.abs().sum() > 0
     assert all(p.grad is not None for p in model.parameters())
+
+
+def test_folding_batchnorm_keeps_the_outputs_and_leaves_no_bn():
+    torch.manual_seed(0)
+    model = DeconvNet(num_classes=5, width=TINY).double()
+    for bn in (m for m in model.modules() if isinstance(m, nn.BatchNorm2d)):  # non-trivial statistics to fold
+        bn.running_mean.uniform_(-1, 1), bn.running_var.uniform_(0.2, 3), bn.weight.data.uniform_(0.5, 2)
+        bn.bias.data.uniform_(-1, 1)
+    with pytest.raises(ValueError, match="eval mode"):
+        fold_batchnorm(model)
+    model.eval()
+    x = torch.randn(2, 3, 224, 224, dtype=torch.float64)
+    with torch.no_grad():
+        before = model(x)
+        assert fold_batchnorm(model) == 13 + 3 + 13  # encoder convs, fc6/fc7/deconv-fc6, decoder deconvs
+        after = model(x)
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in model.modules())
+    torch.testing.assert_close(after, before, rtol=1e-9, atol=1e-9 * before.abs().max().item())
 
 
 def test_unpooling_puts_values_at_the_argmax_and_zeros_elsewhere():

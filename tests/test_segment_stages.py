@@ -232,6 +232,12 @@ def test_segmenter_mixes_images_without_mixing_results(ckpts):
     nchw = Segmenter(*ckpts, InferenceConfig(micro_batch=3, device="cpu", channels_last=False)).predict(images, boxes)
     for t, a in zip(together, nchw):
         np.testing.assert_allclose(t.astype(np.float32), a.astype(np.float32), atol=1e-3)
+    # DeconvNet's BatchNorms are folded into its convolutions by default: same probabilities.
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in seg.deconvnet.modules())
+    unfolded = Segmenter(*ckpts, InferenceConfig(micro_batch=3, device="cpu"), fold_bn=False)
+    assert any(isinstance(m, torch.nn.BatchNorm2d) for m in unfolded.deconvnet.modules())
+    for t, a in zip(together, unfolded.predict(images, boxes)):
+        np.testing.assert_allclose(t.astype(np.float32), a.astype(np.float32), atol=1e-3)
 
 
 def test_segmenter_stage_passes_error_rows(ckpts):
