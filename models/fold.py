@@ -9,6 +9,8 @@ The outputs equal the unfolded model's up to float rounding.
 
 from __future__ import annotations
 
+from itertools import pairwise
+
 from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
@@ -29,8 +31,7 @@ def fold_batchnorm(model: nn.Module) -> int:
     for seq in model.modules():
         if not isinstance(seq, nn.Sequential):
             continue
-        names = list(seq._modules)
-        for prev, name in zip(names, names[1:]):
+        for prev, name in pairwise(list(seq._modules)):
             conv, bn = seq._modules[prev], seq._modules[name]
             if isinstance(bn, nn.BatchNorm2d) and isinstance(conv, (nn.Conv2d, nn.ConvTranspose2d)):
                 if bn.running_mean is None:  # track_running_stats=False: no fixed statistics to fold
