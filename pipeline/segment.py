@@ -52,7 +52,7 @@ LISTING_ROWS = 64
 BLOCK_ROWS = 4
 # The fused layout's blocks: one image each, so that at the end of a run no actor still has a queue
 # of several images while another is idle (with 4-image blocks, 2 in flight per actor, one 60-image run
-# left 6% of the CPU time unused: BENCHMARKS.md section 4a). Nothing is batched across images on CPUs.
+# left 6% of the CPU time unused: BENCHMARKS.md section 4b). Nothing is batched across images on CPUs.
 FUSED_BLOCK_ROWS = 1
 # Default object-store limit of a run (see stage_resources): per actor of the three pools, room for
 # STORE_BLOCKS_PER_ACTOR blocks of VOC-size images with their probabilities (the largest hop: the model's
@@ -142,7 +142,7 @@ class StageResources:
 def fused_actor_bytes(model_bytes: int) -> int:
     """An estimate of the memory one fused actor needs: torch, the CRF and a VOC-size image's working set
     (FUSED_BASE_BYTES; with the ~10 MB demo checkpoints the actor's RSS peaked at 1200-1257 MiB, BENCHMARKS.md
-    section 4a), plus the weights twice (the file read and the model built from it)."""
+    section 4b), plus the weights twice (the file read and the model built from it)."""
     return FUSED_BASE_BYTES + 2 * model_bytes
 
 
@@ -166,7 +166,7 @@ def stage_resources(
     images (``pipeline.fused_stage``): one actor per CPU (``model_bytes``, the
     checkpoints' size, caps it by the cluster's memory; a run of few ``images`` gets
     no more actors than blocks), each reserving at most 0.65 CPU. On 2 CPUs that
-    measured 1.08-1.15x the split layout's throughput.
+    measured 1.08-1.22x the split layout's throughput.
 
     Split layout: with GPUs, one model actor per GPU and the CPU budget goes to the
     proposal and CRF pools (1:2, the CRF costs more). Without GPUs every pool takes its
