@@ -29,7 +29,8 @@ def test_bench_gpu_smoke_runs_without_ray_cv2_or_crf():
 @pytest.mark.slow
 def test_bench_stages_smoke_with_the_demo_checkpoints():
     out = _run("bench/bench_stages.py", "--images", "2", "--crf-images", "1")
-    for stage in ("EdgeBoxes proposals", "model stage, NCHW", "model stage, BatchNorm not folded", "dense CRF (class-pruned",
-                  "write palette PNG"):
+    stages = ("EdgeBoxes proposals", "model stage, NCHW", "model stage, BatchNorm not folded",
+              "dense CRF (class-pruned", "write palette PNG")
+    for stage in stages:
         assert stage in out, stage
     assert "| VOC-like 21 classes, EDeconvNet-shaped | 21 " in out

@@ -110,7 +110,9 @@ def test_folding_batchnorm_keeps_the_outputs_and_leaves_no_bn():
     torch.manual_seed(0)
     model = DeconvNet(num_classes=5, width=TINY).double()
     for bn in (m for m in model.modules() if isinstance(m, nn.BatchNorm2d)):  # non-trivial statistics to fold
-        bn.running_mean.uniform_(-1, 1), bn.running_var.uniform_(0.2, 3), bn.weight.data.uniform_(0.5, 2)
+        bn.running_mean.uniform_(-1, 1)
+        bn.running_var.uniform_(0.2, 3)
+        bn.weight.data.uniform_(0.5, 2)
         bn.bias.data.uniform_(-1, 1)
     with pytest.raises(ValueError, match="eval mode"):
         fold_batchnorm(model)
