@@ -18,7 +18,7 @@ from pipeline.segment_config import SegmentConfig
 
 
 class FusedStage:
-    """Turns read rows (``data`` bytes) into masked rows, like decode -> proposals -> model -> CRF.
+    """Turns read rows (their ``bytes`` column) into masked rows, like decode -> proposals -> model -> CRF.
 
     Every step catches its own per-row failures into ``status``/``error``, so an image
     that fails anywhere becomes an error row and the rest of the batch goes on.
