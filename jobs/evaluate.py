@@ -8,7 +8,9 @@
         --output s3://bucket/reports/2026-11-22 --baseline s3://bucket/reports/2026-11-21/report.json
 
 Writes ``report.json``, ``report.md`` (paper Table 1 layout) and ``per_class_iou.png``
-(and ``proposals_curve.png`` with ``--proposals``) under ``--output``. Exit codes:
+(and ``proposals_curve.png`` with ``--proposals``) under ``--output``. Labels with
+instances (VOC ``SegmentationObject``) add diagnostics: proposal recall and mean IoU by
+object size, and DeconvNet on the ground-truth boxes (``deconvnet@oracle``). Exit codes:
 0 fine, 3 quality regressed against ``--baseline``, 4 baseline is of other data,
 2 bad arguments.
 """
@@ -49,6 +51,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--class-drop", type=float, default=2.0, help="per-class IoU drop (points) that counts as a regression")
     p.add_argument("--force-compare", action="store_true", help="compare with a baseline of other data anyway")
     p.add_argument("--max-images", type=int, default=None, help="evaluate only the first N images of the split")
+    p.add_argument("--no-diagnostics", dest="diagnostics", action="store_false",
+                   help="skip proposal recall, oracle variants and IoU by object size (labels with instances)")
     add_proposal_args(p)
     add_inference_args(p)
     add_crf_args(p)
@@ -65,6 +69,7 @@ def config_from_args(args: argparse.Namespace) -> EvalConfig:
         variants=tuple(v.strip() for v in args.variants.split(",") if v.strip()),
         proposal_sweep=tuple(int(k) for k in args.proposals.split(",") if k.strip()),
         max_images=args.max_images,
+        diagnostics=args.diagnostics,
         max_pixels=args.max_pixels,
         proposals=proposal_config(args),
         inference=inference_config(args),

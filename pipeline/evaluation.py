@@ -13,6 +13,11 @@ Variants (paper Table 1 names): ``fcn`` (FCN-8s alone), ``deconvnet``,
 ``edeconvnet+crf``. The two models run once per image whatever the variants; CRF
 variants reuse the same probabilities. A proposal sweep adds ``deconvnet@K`` and
 ``edeconvnet@K`` variants that use only the top K proposals.
+
+When the labels have instances (VOC ``SegmentationObject``), a stage after the
+proposals reads them and the report gains ``pipeline.diagnostics``' proposal recall by
+object size, the oracle variants ``deconvnet@oracle`` / ``edeconvnet@oracle`` (the
+ground-truth instance boxes as proposals) and every variant's mean IoU by object size.
 """
 
 from __future__ import annotations
@@ -23,6 +28,15 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from pipeline.diagnostics import (
+    RECALL_IOUS,
+    SIZE_BOUNDS,
+    SIZES,
+    diagnostics_lines,
+    diagnostics_section,
+    ground_truth_instances,
+    label_for_size,
+)
 from pipeline.metrics import ConfusionMatrix
 from pipeline.proposals import ProposalConfig
 from pipeline.segment_config import CRFConfig
@@ -45,6 +59,8 @@ class EvalConfig:
     inference: InferenceConfig = field(default_factory=InferenceConfig)
     crf: CRFConfig = field(default_factory=CRFConfig)
     batch_size: int = 4  # images per model-actor call
+    diagnostics: bool = True  # labels with instances: proposal recall, oracle variants, mean IoU by object size
+    size_bounds: tuple[float, float] = SIZE_BOUNDS  # instance area / image area between small, medium and large
     ray_address: str | None = None  # None: $RAY_ADDRESS (set inside `ray job submit`) or a new local Ray
 
     def needs(self) -> tuple[bool, bool]:
@@ -66,10 +82,13 @@ class EvalConfig:
         if any(k < 1 for k in self.proposal_sweep):
             raise ValueError("--proposals values must be >= 1")
 
-    def all_variants(self) -> list[str]:
-        """Requested variants, then the sweep's ``deconvnet@K`` (and ``edeconvnet@K`` with an ensemble)."""
-        bases = ["deconvnet"] + (["edeconvnet"] if any(v.startswith("edeconvnet") for v in self.variants) else [])
-        return list(self.variants) + [f"{b}@{k}" for k in self.proposal_sweep for b in bases]
+    def all_variants(self, oracle: bool = False) -> list[str]:
+        """Requested variants, then the sweep's ``deconvnet@K`` (and ``edeconvnet@K`` with an ensemble),
+        then with ``oracle`` (labels with instances) ``deconvnet@oracle`` (and ``edeconvnet@oracle``)."""
+        bases = ["deconvnet"] + (["edeconvnet"] if self.needs()[1] else [])
+        sweep = [f"{b}@{k}" for k in self.proposal_sweep for b in bases]
+        oracles = [f"{b}@oracle" for b in bases] if oracle and self.needs()[0] else []
+        return list(self.variants) + sweep + oracles
 
 
 def _objects(values: list) -> np.ndarray:
@@ -103,11 +122,14 @@ class VariantProbs:
         for i in [i for i, s in enumerate(status) if s == "ok"]:
             try:
                 boxes = batch["boxes"][i]
-                parts[i] = self.seg.predict_parts([batch["image"][i]], [boxes], prefixes=self.sweep)[0]
+                oracle = {"oracle": [batch["oracle_boxes"][i]]} if "oracle_boxes" in batch else None
+                parts[i] = self.seg.predict_parts([batch["image"][i]], [boxes], prefixes=self.sweep, other_boxes=oracle)[0]
                 parts[i]["n_boxes"] = len(boxes)
+                if oracle:
+                    parts[i]["n_boxes@oracle"] = len(oracle["oracle"][0])
             except Exception as exc:
                 status[i], errors[i] = type(exc).__name__, f"model stage: {exc}"
-        out = {k: v for k, v in batch.items() if k not in ("boxes", "box_scores")}
+        out = {k: v for k, v in batch.items() if k not in ("boxes", "box_scores", "oracle_boxes")}
         out.update(status=np.array(status, dtype=object), error=np.array(errors, dtype=object), parts=_objects(parts))
         return out
 
@@ -120,13 +142,14 @@ def variant_labels(name: str, parts: dict[str, np.ndarray], image: np.ndarray, c
     crf = base.endswith("+crf")
     base = base.removesuffix("+crf")
     deconv = parts.get(f"deconvnet@{k}" if k else "deconvnet")
+    n_boxes = parts.get(f"n_boxes@{k}", parts.get("n_boxes", 0))
     if base == "fcn":
         probs = parts["fcn"]
     elif base == "deconvnet":
         probs = deconv
     elif base == "edeconvnet":
         # as the segmentation job: without any proposal, DeconvNet's map is uniform and FCN decides
-        probs = parts["fcn"] if parts["n_boxes"] == 0 else (deconv.astype(np.float32) + parts["fcn"].astype(np.float32)) / 2
+        probs = parts["fcn"] if n_boxes == 0 else (deconv.astype(np.float32) + parts["fcn"].astype(np.float32)) / 2
     else:
         raise ValueError(f"unknown variant {name!r}")
     if crf:
@@ -137,8 +160,11 @@ def variant_labels(name: str, parts: dict[str, np.ndarray], image: np.ndarray, c
 class ScoreVariants:
     """Scoring stage: one output row per variant per batch with its partial confusion matrix.
 
-    Also one row (variant ``""``) carrying the batch's per-image errors, so the
-    driver can report which images could not be evaluated.
+    Rows that carry a size map (``size_px``, from ``pipeline.diagnostics``) add one row
+    per variant and object size, named ``<variant>#<size>``, whose matrix counts only
+    the background and the instances of that size. One more row (variant ``""``)
+    carries the batch's per-image errors and its summed proposal ``recall`` counts, so
+    the driver can report which images could not be evaluated.
 
     Args:
         variants: variant names (with ``@K`` sweep variants).
@@ -155,6 +181,9 @@ class ScoreVariants:
         from pipeline.voc import decode_label, read_bytes
 
         mats = {v: ConfusionMatrix(self.num_classes) for v in self.variants}
+        by_size = {f"{v}#{size}": ConfusionMatrix(self.num_classes) for v in self.variants for size in SIZES}
+        recall = np.zeros((len(SIZES), 1 + len(RECALL_IOUS)), np.int64)
+        with_sizes = "size_px" in batch
         failed, scored = [], 0
         for i, image_id in enumerate(batch["image_id"]):
             status, error = str(batch["status"][i]), str(batch["error"][i])
@@ -167,22 +196,36 @@ class ScoreVariants:
                     preds = {v: variant_labels(v, batch["parts"][i], image, self.crf) for v in self.variants}
                     for v, pred in preds.items():
                         mats[v].update(pred, label)
+                    if with_sizes:
+                        for s, size in enumerate(SIZES):
+                            sized = label_for_size(label, batch["size_px"][i], s)
+                            for v, pred in preds.items():
+                                by_size[f"{v}#{size}"].update(pred, sized)
+                        recall += batch["recall"][i]
                     scored += 1
                     continue
                 except Exception as exc:
                     status, error = type(exc).__name__, f"scoring: {exc}"
             failed.append(f"{image_id}\t{status}\t{error}")
-        names = self.variants + [""]
+        if with_sizes:
+            mats.update(by_size)
+        names = list(mats) + [""]
         return {
             "variant": np.array(names, dtype=object),
-            "matrix": _objects([mats[v].mat.reshape(-1) for v in self.variants] + [np.zeros(0, np.int64)]),
-            "scored": np.array([scored] * len(self.variants) + [0], dtype=np.int64),
-            "failed": _objects([[] for _ in self.variants] + [failed]),
+            "matrix": _objects([m.mat.reshape(-1) for m in mats.values()] + [np.zeros(0, np.int64)]),
+            "scored": np.array([scored] * len(mats) + [0], dtype=np.int64),
+            "failed": _objects([[] for _ in mats] + [failed]),
+            "recall": _objects([np.zeros_like(recall)] * len(mats) + [recall]),
         }
 
 
 def evaluate(cfg: EvalConfig, *, num_classes: int, rows: list[dict]) -> dict:
-    """Run the chain over ``rows`` ({image_id, path, label_path}); return summed metrics per variant."""
+    """Run the chain over ``rows`` ({image_id, path, label_path}); return summed metrics per variant.
+
+    With diagnostics on and an ``object_path`` (instance PNG) in every row, the result
+    also holds the ``<variant>#<size>`` matrices, the oracle variants and the summed
+    proposal ``recall`` counts (``pipeline.diagnostics``).
+    """
     import ray
 
     from pipeline.decode import decode_images, read_bytes
@@ -194,7 +237,8 @@ def evaluate(cfg: EvalConfig, *, num_classes: int, rows: list[dict]) -> dict:
     ensure_ray(cfg.ray_address)
     res = stage_resources(SegmentConfig(input="", output="", checkpoint="", layout="split"), ray.cluster_resources())
     share = res.cpu_share
-    variants = cfg.all_variants()
+    instances = cfg.diagnostics and bool(rows) and all(r.get("object_path") for r in rows)
+    variants = cfg.all_variants(oracle=instances)
     items = [{**r, "status": "ok", "error": ""} for r in rows]
     start = time.time()
     ds = (
@@ -205,7 +249,14 @@ def evaluate(cfg: EvalConfig, *, num_classes: int, rows: list[dict]) -> dict:
             ProposalStage, fn_constructor_kwargs={"cfg": cfg.proposals}, batch_size=1, batch_format="numpy",
             num_cpus=share, concurrency=(1, res.proposal_actors),
         )
-        .map_batches(
+    )
+    if instances:
+        ds = ds.map_batches(
+            ground_truth_instances, fn_kwargs={"enlarge": cfg.proposals.enlarge, "size_bounds": cfg.size_bounds},
+            batch_size=4, batch_format="numpy", num_cpus=share,
+        )
+    ds = (
+        ds.map_batches(
             VariantProbs,
             fn_constructor_kwargs={
                 "checkpoint": cfg.checkpoint if cfg.needs()[0] else None,
@@ -222,12 +273,17 @@ def evaluate(cfg: EvalConfig, *, num_classes: int, rows: list[dict]) -> dict:
         )
     )
     totals = {v: ConfusionMatrix(num_classes) for v in variants}
+    recall = np.zeros((len(SIZES), 1 + len(RECALL_IOUS)), np.int64)
     scored, failed = 0, []
     for batch in ds.iter_batches(batch_size=64, batch_format="numpy"):
-        for variant, mat, n, errs in zip(batch["variant"], batch["matrix"], batch["scored"], batch["failed"]):
+        for variant, mat, n, errs, counts in zip(
+            batch["variant"], batch["matrix"], batch["scored"], batch["failed"], batch["recall"]
+        ):
             if variant == "":
                 failed += [str(e) for e in errs]
+                recall += np.asarray(counts, np.int64)
                 continue
+            totals.setdefault(str(variant), ConfusionMatrix(num_classes))
             totals[str(variant)].merge(np.asarray(mat, np.int64).reshape(num_classes, num_classes))
             if variant == variants[0]:
                 scored += int(n)
@@ -238,6 +294,8 @@ def evaluate(cfg: EvalConfig, *, num_classes: int, rows: list[dict]) -> dict:
         "scored": scored,
         "failed": failed,
         "seconds": seconds,
+        "variants": variants,
+        "recall": recall if instances else None,
     }
 
 
@@ -284,6 +342,7 @@ def run_evaluation(
 
     result = evaluate(cfg, num_classes=len(data.class_names), rows=rows)
     metrics = result["metrics"]
+    oracles = [v for v in result["variants"] if v.endswith("@oracle")]
     report = {
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "dataset": {**dataset, "scored": result["scored"], "failed": len(result["failed"])},
@@ -292,7 +351,7 @@ def run_evaluation(
         "checkpoints": checkpoints,
         "config": dataclasses.asdict(cfg),
         "timings": {"evaluate_s": result["seconds"], "images_per_s": result["scored"] / max(result["seconds"], 1e-9)},
-        "confusion_matrices": {v: result["matrices"][v] for v in cfg.variants},
+        "confusion_matrices": {v: result["matrices"][v] for v in [*cfg.variants, *oracles]},
         "failed_images": result["failed"][:1000],
     }
     if cfg.proposal_sweep:
@@ -303,6 +362,12 @@ def run_evaluation(
                 sweep.setdefault(base_name, {})[k] = metrics[name]["mean_iou"]
         report["proposal_sweep"] = sweep
     lines = [f"{v:<18} mean IoU {100 * report['variants'][v]['mean_iou']:.2f}" for v in cfg.variants]
+    if result["recall"] is not None:
+        report["diagnostics"] = diagnostics_section(
+            metrics, [*cfg.variants, *oracles], result["recall"], size_bounds=cfg.size_bounds, top_k=cfg.proposals.top_k,
+            entry=lambda m: variant_entry(m, data.class_names),
+        )
+        lines += diagnostics_lines(report["diagnostics"])
     exit_code = EXIT_OK
     if base is not None:
         cmp = compare_reports(report, base, miou_drop=miou_drop, class_drop=class_drop, force=True)

@@ -1,7 +1,8 @@
 """Labelled sets for evaluation: a VOC layout, or an ``images/`` + ``masks/`` pair.
 
 - VOC 2012 layout (``JPEGImages/``, ``SegmentationClass/``,
-  ``ImageSets/Segmentation/<split>.txt``, optional ``classes.txt``).
+  ``ImageSets/Segmentation/<split>.txt``, optional ``classes.txt``; with
+  ``SegmentationObject/`` the rows also name each image's instance PNG).
 - ``images/`` and ``masks/`` folders side by side: every image under ``images/``
   (any depth) has a label PNG at the same relative path with ``.png`` under
   ``masks/``; ``<split>.txt`` beside them (relative paths without extension) picks a
@@ -30,7 +31,7 @@ class LabelledSet:
     split: str
     layout: str  # "voc" or "folders"
     class_names: list[str]
-    rows: list[dict]  # {"image_id", "path", "label_path"}
+    rows: list[dict]  # {"image_id", "path", "label_path"[, "object_path"]}
 
     def fingerprint(self) -> str:
         """Identity of the evaluation data: split, class names, ids and label file sizes.
@@ -60,6 +61,9 @@ def open_labelled_set(root: str, split: str = "val") -> LabelledSet:
             }
             for i in ids
         ]
+        if exists(join(root, "SegmentationObject")):  # instances: the evaluation's diagnostics
+            for row, i in zip(rows, ids):
+                row["object_path"] = join(root, "SegmentationObject", f"{i}.png")
         layout = "voc"
     elif exists(join(root, "images")) and exists(join(root, "masks")):
         rows = _folder_rows(root, split)

@@ -14,7 +14,8 @@ def _objects(values: list) -> np.ndarray:
 
 
 class ProposalStage:
-    """Adds ``boxes`` (float32 ``(K, 4)``, enlarged, best first) to each decoded row.
+    """Adds ``boxes`` (float32 ``(K, 4)``, enlarged, best first) and their EdgeBoxes
+    ``box_scores`` (float32 ``(K,)``; 0 for the whole-image fallback box) to each decoded row.
 
     A class because a structured-edge model (``cfg.edge_model``) is loaded once per
     actor. Rows in error pass through with no boxes; an image that makes EdgeBoxes
@@ -30,18 +31,20 @@ class ProposalStage:
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         status = [str(s) for s in batch["status"]]
         errors = [str(e) for e in batch["error"]]
-        boxes = []
+        boxes, scores = [], []
         for i, image in enumerate(batch["image"]):
-            b = np.zeros((0, 4), np.float32)
+            b, s = np.zeros((0, 4), np.float32), np.zeros((0,), np.float32)
             if status[i] == "ok":
                 try:
-                    b = self.generate(image)[0].astype(np.float32)
+                    b, s = (a.astype(np.float32) for a in self.generate(image))
                 except Exception as exc:
                     status[i], errors[i] = type(exc).__name__, f"proposals: {exc}"
             boxes.append(b)
+            scores.append(s)
         return {
             **batch,
             "status": np.array(status, dtype=object),
             "error": np.array(errors, dtype=object),
             "boxes": _objects(boxes),
+            "box_scores": _objects(scores),
         }

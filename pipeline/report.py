@@ -88,6 +88,8 @@ def render_markdown(report: dict) -> str:
                 "| method | " + " | ".join(str(k) for k in ks) + " |", "|---|" + "---:|" * len(ks)]
         for variant, by_k in sweep.items():
             out.append(f"| {variant} | " + " | ".join(_pct(by_k.get(str(k))) for k in ks) + " |")
+    if report.get("diagnostics"):
+        out += ["", *diagnostics_markdown(report["diagnostics"])]
     ckpts = report.get("checkpoints", {})
     if ckpts:
         out += ["", "Checkpoints: " + ", ".join(f"{k} `{v.get('checkpoint_id')}` ({v.get('path')})" for k, v in ckpts.items())]
@@ -95,6 +97,38 @@ def render_markdown(report: dict) -> str:
     if timings.get("evaluate_s") is not None:
         out += ["", f"Evaluated in {timings['evaluate_s']:.1f} s ({timings.get('images_per_s') or 0:.2f} images/s)."]
     return "\n".join(out) + "\n"
+
+
+def diagnostics_markdown(diag: dict) -> list[str]:
+    """Proposal recall and mean IoU by object size (``pipeline.diagnostics``), as Markdown lines."""
+    small, large = diag["size_bounds"]
+    recall = diag["proposal_recall"]
+    ious = [k for k in next(iter(recall["by_size"].values())) if k.startswith("iou_")]
+    out = [
+        "## Diagnostics",
+        "",
+        f"Object sizes by instance area over image area: small < {100 * small:g}%, medium, large >= {100 * large:g}%.",
+        "",
+        f"Recall of the top {recall['top_k']} proposals (share of instances a proposal overlaps at IoU >= t):",
+        "",
+        "| size | instances | " + " | ".join(f"IoU >= {k[4:]}" for k in ious) + " |",
+        "|---|---:|" + "---:|" * len(ious),
+    ]
+    for size, row in recall["by_size"].items():
+        out.append(f"| {size} | {row['instances']} | " + " | ".join(_pct(row[k]) for k in ious) + " |")
+    by_size = diag["mean_iou_by_size"]
+    sizes = list(next(iter(by_size.values())))
+    out += [
+        "",
+        "Mean IoU (%) by object size (the other sizes' instances void); `@oracle`: DeconvNet on the "
+        "ground-truth instance boxes, enlarged like proposals:",
+        "",
+        "| method | " + " | ".join(sizes) + " |",
+        "|---|" + "---:|" * len(sizes),
+    ]
+    for variant, row in by_size.items():
+        out.append(f"| {variant} | " + " | ".join(_pct(row[s]) for s in sizes) + " |")
+    return out
 
 
 def plot_per_class(report: dict, path: str) -> None:

@@ -155,19 +155,29 @@ class Segmenter:
 
     @torch.inference_mode()
     def predict_parts(
-        self, images: list[np.ndarray], boxes: list[np.ndarray], prefixes: tuple[int, ...] = ()
+        self,
+        images: list[np.ndarray],
+        boxes: list[np.ndarray],
+        prefixes: tuple[int, ...] = (),
+        other_boxes: dict[str, list[np.ndarray]] | None = None,
     ) -> list[dict[str, np.ndarray]]:
         """Each model's float16 ``(C, H, W)`` probabilities per image, not ensembled.
 
-        Keys: ``"deconvnet"`` and/or ``"fcn"`` (whichever models are loaded), and
+        Keys: ``"deconvnet"`` and/or ``"fcn"`` (whichever models are loaded),
         ``"deconvnet@K"`` for each K in ``prefixes``: DeconvNet aggregated over the
-        image's top K boxes only (the evaluation's proposal sweep).
+        image's top K boxes only (the evaluation's proposal sweep), and
+        ``"deconvnet@NAME"`` for each NAME of ``other_boxes``: DeconvNet on those boxes
+        (one array per image) instead of ``boxes`` (the evaluation's oracle).
         """
-        parts = self._parts(images, boxes, prefixes)
+        parts = self._parts(images, boxes, prefixes, other_boxes)
         return [{k: v.to(torch.float16).cpu().numpy() for k, v in d.items()} for d in parts]
 
     def _parts(
-        self, images: list[np.ndarray], boxes: list[np.ndarray], prefixes: tuple[int, ...] = ()
+        self,
+        images: list[np.ndarray],
+        boxes: list[np.ndarray],
+        prefixes: tuple[int, ...] = (),
+        other_boxes: dict[str, list[np.ndarray]] | None = None,
     ) -> list[dict[str, torch.Tensor]]:
         if len(images) != len(boxes):
             raise ValueError("one box array per image expected")
@@ -175,6 +185,7 @@ class Segmenter:
         parts: list[dict[str, torch.Tensor]] = [{} for _ in images]
         if self.deconvnet is not None:
             runs = [("deconvnet", boxes)] + [(f"deconvnet@{k}", [np.asarray(b)[:k] for b in boxes]) for k in prefixes]
+            runs += [(f"deconvnet@{name}", b) for name, b in (other_boxes or {}).items()]
             for key, run_boxes in runs:
                 for d, canvas in zip(parts, self._deconvnet_canvases(tensors, run_boxes)):
                     d[key] = torch.softmax(canvas, dim=0)

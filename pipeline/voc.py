@@ -93,23 +93,35 @@ def load_sample(root: str, image_id: str, *, objects: bool = True) -> VOCSample:
     return VOCSample(image_id, image, label, obj)
 
 
+def instance_regions(objects: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Every instance of an instance map: its index, tight box and pixel count.
+
+    Returns ``ids`` uint8 ``(N,)`` (the values 1..254 present in ``objects``), ``boxes``
+    float32 ``(N, 4)`` as ``x0, y0, x1, y1`` (x1/y1 exclusive, so the box of a one-pixel
+    object at (x, y) is ``x, y, x+1, y+1``) and ``areas`` int64 ``(N,)``.
+    """
+    ids = np.array([k for k in np.unique(objects) if k not in (0, IGNORE_INDEX)], np.uint8)
+    boxes, areas = [], []
+    for k in ids:
+        ys, xs = np.nonzero(objects == k)
+        boxes.append([xs.min(), ys.min(), xs.max() + 1, ys.max() + 1])
+        areas.append(len(ys))
+    return ids, np.asarray(boxes, np.float32).reshape(-1, 4), np.asarray(areas, np.int64)
+
+
 def instances(label: np.ndarray, objects: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Tight boxes and classes of the object instances.
 
-    Returns ``boxes`` float32 ``(N, 4)`` as ``x0, y0, x1, y1`` (x1/y1 exclusive, so
-    the box of a one-pixel object at (x, y) is ``x, y, x+1, y+1``) and ``classes``
+    Returns ``boxes`` float32 ``(N, 4)`` as in :func:`instance_regions` and ``classes``
     int64 ``(N,)``. Instances whose pixels are all void in the class map are skipped.
     """
+    ids, all_boxes, _ = instance_regions(objects)
     boxes, classes = [], []
-    for k in np.unique(objects):
-        if k == 0 or k == IGNORE_INDEX:
-            continue
-        mask = objects == k
-        cls = label[mask]
+    for k, box in zip(ids, all_boxes):
+        cls = label[objects == k]
         cls = cls[(cls != IGNORE_INDEX) & (cls != 0)]
         if cls.size == 0:
             continue
-        ys, xs = np.nonzero(mask)
-        boxes.append([xs.min(), ys.min(), xs.max() + 1, ys.max() + 1])
+        boxes.append(box)
         classes.append(np.bincount(cls).argmax())
     return np.asarray(boxes, np.float32).reshape(-1, 4), np.asarray(classes, np.int64)

@@ -13,11 +13,13 @@ import torch
 from PIL import Image
 
 from models import FCN, DeconvNet, save_checkpoint
+from pipeline.evaluation import VARIANTS as VARIANTS_ALL
 from pipeline.labelled import open_labelled_set
 from pipeline.metrics import ConfusionMatrix
-from pipeline.proposals import ProposalConfig, ProposalGenerator
+from pipeline.proposals import ProposalConfig, ProposalGenerator, enlarge_boxes
 from pipeline.regression import EXIT_MISMATCH, EXIT_OK, EXIT_REGRESSION
 from pipeline.segmenter import InferenceConfig, Segmenter
+from pipeline.voc import instance_regions, load_sample
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "jobs"))
 import evaluate as evaluate_job  # noqa: E402
@@ -93,6 +95,30 @@ def test_end_to_end_report_with_all_variants_and_sweep(synth_voc, tmp_path):
     assert report["confusion_matrices"]["deconvnet"] == cm_d.mat.tolist()
     md = (out / "report.md").read_text()
     assert "| method | bkg | disc | box | triangle | ring | cross | mean |" in md
+    _check_diagnostics(report, md, data, labels, seg_d, seg)
+
+
+def _check_diagnostics(report, md, data, labels, seg_d, seg_fcn):
+    """The labels have instances (SegmentationObject): recall, oracle and by-size IoU, recomputed here."""
+    diag = report["diagnostics"]
+    samples = [load_sample(str(Path(r["path"]).parent.parent), Path(r["path"]).stem) for r in data.rows]
+    regions = [instance_regions(s.objects) for s in samples]
+    assert diag["proposal_recall"]["by_size"]["all"]["instances"] == sum(len(ids) for ids, _, _ in regions)
+    # The oracle really runs DeconvNet on the ground-truth instance boxes, enlarged 1.2x.
+    cm_o = ConfusionMatrix(NUM_CLASSES)
+    for s, lab, (_, boxes, _) in zip(samples, labels, regions):
+        cm_o.update(seg_d.predict([s.image], [enlarge_boxes(boxes, 1.2)])[0].argmax(0), lab)
+    assert report["confusion_matrices"]["deconvnet@oracle"] == cm_o.mat.tolist()
+    assert set(diag["oracle"]) == {"deconvnet@oracle", "edeconvnet@oracle"}
+    # FCN's mean IoU on the large objects: the other sizes' instances void.
+    cm_large = ConfusionMatrix(NUM_CLASSES)
+    for s, lab, (ids, _, areas) in zip(samples, labels, regions):
+        large = ids[areas >= 0.1 * lab.size]
+        sized = np.where(np.isin(s.objects, ids) & ~np.isin(s.objects, large), 255, lab).astype(np.uint8)
+        cm_large.update(seg_fcn.predict([s.image], [np.zeros((0, 4), np.float32)])[0].argmax(0), sized)
+    assert diag["mean_iou_by_size"]["fcn"]["large"] == pytest.approx(cm_large.compute()["mean_iou"])
+    assert set(diag["mean_iou_by_size"]) == {*VARIANTS_ALL, "deconvnet@oracle", "edeconvnet@oracle"}
+    assert "## Diagnostics" in md and "| deconvnet@oracle |" in md
 
 
 def test_baseline_comparison_exit_codes(synth_voc, tmp_path, capsys):
