@@ -18,6 +18,7 @@ STAGES = {"deconvnet": ("1", "2"), "fcn": ("32", "16", "8")}
 # per-stage count for its 20-image batches; 10k iterations each is a starting point.
 DEFAULT_ITERATIONS = {"1": 20000, "2": 40000, "32": 10000, "16": 10000, "8": 10000}
 DEFAULT_GLOBAL_BATCH = {"deconvnet": 64, "fcn": 20}  # DeconvNet: 64 crops (8 x 8 accumulated); FCN: 20 images
+LR_SCHEDULES = ("plateau", "step", "poly")
 DEFAULT_LR = {"deconvnet": 0.01, "fcn": 1e-4}  # both papers' SGD rates (FCN-VGG16: 1e-4)
 
 
@@ -51,10 +52,13 @@ class TrainConfig:
     lr: float | None = None  # None = DEFAULT_LR
     momentum: float = 0.9
     weight_decay: float = 5e-4
-    lr_schedule: str = "plateau"  # "plateau": x lr_gamma when val mean IoU stalls; "step": every lr_step iterations
+    # "plateau": x lr_gamma when val mean IoU stalls; "step": x lr_gamma every lr_step iterations;
+    # "poly": lr x (1 - iteration / stage iterations) ** lr_power (DeepLab's schedule, for short runs)
+    lr_schedule: str = "plateau"
     lr_gamma: float = 0.1
     lr_patience: int = 3  # evaluations without improvement before a plateau drop
     lr_step: int = 10000
+    lr_power: float = 0.9
     # Checkpoints, BN, cluster.
     checkpoint_every: int = 1000  # report metrics + checkpoint every K iterations (and at the end)
     keep_checkpoints: int = 2  # Ray Train keeps the newest K checkpoints of a stage
@@ -65,6 +69,9 @@ class TrainConfig:
     data_cpus: float = 1.0  # CPUs per Ray Data example-construction task
     max_failures: int = 3  # worker failures Ray Train recovers from (from the latest checkpoint)
     log_every: int = 1  # iteration log line every N iterations (rank 0)
+    # NHWC activations and weights: about 3x the CPU training speed of the narrow demo networks
+    # (BENCHMARKS.md, "Training speed"), the layout tensor cores want on GPU; same maths.
+    channels_last: bool = True
     crash_at: int | None = None  # testing only: fail once at this iteration, to exercise resume
     crash_exit: bool = False  # testing only: at crash_at, kill the worker process (os._exit) instead of raising
 
@@ -90,8 +97,8 @@ class TrainConfig:
             raise ValueError(f"crop {self.crop} is larger than resize {self.resize}")
         if self.model == "deconvnet" and self.batch_size < 2:
             raise ValueError("DeconvNet's BatchNorm after fc6/fc7 sees 1x1 maps: batch_size must be >= 2")
-        if self.lr_schedule not in ("plateau", "step"):
-            raise ValueError(f"lr_schedule must be 'plateau' or 'step', got {self.lr_schedule!r}")
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise ValueError(f"lr_schedule must be one of {LR_SCHEDULES}, got {self.lr_schedule!r}")
         if self.global_batch is None:
             self.global_batch = DEFAULT_GLOBAL_BATCH[self.model]
         if self.lr is None:

@@ -89,15 +89,16 @@ def initial_model(cfg: TrainConfig, stage: Stage, num_classes: int, init_path: s
 
 
 class _Normalise:
-    def __init__(self, device: torch.device) -> None:
+    def __init__(self, device: torch.device, memory_format: torch.memory_format = torch.contiguous_format) -> None:
         self.mean = torch.tensor(IMAGENET_MEAN, device=device).view(1, 3, 1, 1) * 255
         self.std = torch.tensor(IMAGENET_STD, device=device).view(1, 3, 1, 1) * 255
         self.device = device
+        self.memory_format = memory_format
 
     def __call__(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         x = batch["image"].to(self.device, non_blocking=True).permute(0, 3, 1, 2).float()
         y = batch["label"].to(self.device, non_blocking=True).long()
-        return (x - self.mean) / self.std, y
+        return ((x - self.mean) / self.std).contiguous(memory_format=self.memory_format), y
 
 
 def _batches_forever(shard, batch_size: int) -> Iterator[dict[str, torch.Tensor]]:
@@ -134,9 +135,12 @@ def _all_reduce(t: torch.Tensor, device: torch.device) -> torch.Tensor:
     return t
 
 
-def learning_rate(cfg: TrainConfig, iteration: int, sched: dict[str, Any]) -> float:
+def learning_rate(cfg: TrainConfig, iteration: int, sched: dict[str, Any], total: int) -> float:
+    """The rate of ``iteration`` (0-based) of a stage of ``total`` iterations."""
     if cfg.lr_schedule == "step":
         return cfg.lr * cfg.lr_gamma ** (iteration // cfg.lr_step)
+    if cfg.lr_schedule == "poly":
+        return cfg.lr * max(0.0, 1.0 - iteration / total) ** cfg.lr_power
     return cfg.lr * sched["lr_scale"]
 
 
@@ -214,7 +218,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         state = {"iteration": 0, "sched": {"lr_scale": 1.0, "best": -1.0, "bad": 0}, "history": [], "starts": []}
     state["starts"].append(state["iteration"])
 
-    module = model.to(device)
+    memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
+    model = model.to(device, memory_format=memory_format)
     model = ray.train.torch.prepare_model(model)  # DDP when world > 1 (broadcasts rank 0's weights)
     module = model.module if hasattr(model, "module") else model
     params = [p for p in module.parameters() if p.requires_grad]
@@ -224,7 +229,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     if "init_fingerprint" not in state:
         state["init_fingerprint"] = weights_fingerprint(module)  # what the first step starts from
 
-    normalise = _Normalise(device)
+    normalise = _Normalise(device, memory_format)
     train_batches = _batches_forever(ray.train.get_dataset_shard("train"), cfg.batch_size)
     val_shard = ray.train.get_dataset_shard("val") if config.get("has_val") else None
     meta = CheckpointMeta(architecture=stage.architecture, num_classes=num_classes, width=cfg.width, class_names=class_names)
@@ -247,7 +252,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             "pixel_accuracy": float(window[1] / max(window[2], 1)) if window_steps else float("nan"),
             "val_mean_iou": val["mean_iou"] if val else float("nan"),
             "val_pixel_accuracy": val["pixel_accuracy"] if val else float("nan"),
-            "lr": learning_rate(cfg, it, state["sched"]),
+            "lr": learning_rate(cfg, it, state["sched"], stage.iterations),
             "examples_per_s": examples_per_step * window_steps / window_time if window_time else float("nan"),
         }
         if val:
@@ -270,7 +275,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
 
     while state["iteration"] < stage.iterations:
         t0 = time.perf_counter()
-        lr = learning_rate(cfg, state["iteration"], state["sched"])
+        lr = learning_rate(cfg, state["iteration"], state["sched"], stage.iterations)
         for group in optimizer.param_groups:
             group["lr"] = lr
         optimizer.zero_grad(set_to_none=True)

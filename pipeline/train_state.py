@@ -78,7 +78,7 @@ def restore_momentum(model: nn.Module, optimizer: torch.optim.Optimizer, momentu
         if name not in params:
             raise KeyError(f"optimizer state for unknown parameter {name}")
         p = params[name]
-        optimizer.state[p]["momentum_buffer"] = buf.to(device=p.device, dtype=p.dtype)
+        optimizer.state[p]["momentum_buffer"] = torch.empty_like(p).copy_(buf)  # p's device, dtype and layout
 
 
 def latest_checkpoint(run_dir: str) -> str | None:

@@ -68,11 +68,14 @@ def test_lr_schedules():
     sched = {"lr_scale": 1.0, "best": -1.0, "bad": 0}
     for miou in (0.2, 0.3, 0.3, 0.29):  # improves, improves, stalls twice -> drop
         update_plateau(cfg, sched, miou)
-    assert learning_rate(cfg, 0, sched) == pytest.approx(0.1) and sched["bad"] == 0
+    assert learning_rate(cfg, 0, sched, 100) == pytest.approx(0.1) and sched["bad"] == 0
     update_plateau(cfg, sched, float("nan"))  # no validation: no change
     assert sched["lr_scale"] == pytest.approx(0.1)
     step = TrainConfig(data="d", output="o", lr=1.0, lr_schedule="step", lr_step=10)
-    assert [learning_rate(step, i, sched) for i in (0, 9, 10, 25)] == pytest.approx([1, 1, 0.1, 0.01])
+    assert [learning_rate(step, i, sched, 100) for i in (0, 9, 10, 25)] == pytest.approx([1, 1, 0.1, 0.01])
+    poly = TrainConfig(data="d", output="o", lr=2.0, lr_schedule="poly", lr_power=0.9)
+    assert [learning_rate(poly, i, sched, 100) for i in (0, 50, 99, 100)] == pytest.approx(
+        [2.0, 2.0 * 0.5**0.9, 2.0 * 0.01**0.9, 0.0])
 
 
 def test_population_statistics_single_worker():
