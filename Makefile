@@ -29,7 +29,7 @@ test: $(STAMP)
 demo: $(STAMP)
 	$(PY) jobs/demo.py --output $(DEMO_OUT)
 
-# Retrain the committed demo checkpoints (models/MODEL_CARD.md); about 45 minutes on 2 CPUs.
+# Retrain the committed demo checkpoints (models/MODEL_CARD.md); about 75 minutes on 2 CPUs, resumable.
 demo-models: $(STAMP)
 	PY=$(PY) bash models/demo/reproduce.sh
 

@@ -46,7 +46,10 @@ _CLASS_COLOURS = {
 }
 _TEXTURES = ("flat", "stripes", "checker", "dots")
 # The dataset the demo checkpoints are trained on; the demo labels its val split.
-DEMO_DATASET = dict(n_train=300, n_val=20, size=(240, 320), seed=2026)
+DEMO_DATASET = dict(n_train=2000, n_val=20, size=(240, 320), seed=2026)
+# The held-out test split of the model card: its own seed, never used for training or tuning.
+HELDOUT_DATASET = dict(n_train=0, n_val=100, size=(240, 320), seed=4242)
+PRESETS = {"demo": (DEMO_DATASET, ("train", "val")), "heldout": (HELDOUT_DATASET, ("val",))}
 
 
 def _shape_mask(size: tuple[int, int], cls: int, cx: float, cy: float, r: float, angle: float) -> np.ndarray:
@@ -242,7 +245,9 @@ def main(argv: list[str] | None = None) -> None:
 
     p = argparse.ArgumentParser(description="Write the procedural VOC-layout dataset (deterministic from --seed).")
     p.add_argument("root", help="output folder")
-    p.add_argument("--preset", choices=["demo"], help="the demo checkpoints' dataset (overrides the sizes and seed)")
+    p.add_argument("--preset", choices=sorted(PRESETS),
+                   help="demo: the demo checkpoints' training set (train + val); heldout: the model card's "
+                   "held-out test split (val only); overrides the sizes, seed and splits")
     p.add_argument("--train", type=int, default=20, help="train images")
     p.add_argument("--val", type=int, default=10, help="val images")
     p.add_argument("--size", default="375,500", help="largest H,W")
@@ -252,9 +257,9 @@ def main(argv: list[str] | None = None) -> None:
     args = p.parse_args(argv)
     h, w = (int(v) for v in args.size.split(","))
     sizes = dict(n_train=args.train, n_val=args.val, size=(h, w), seed=args.seed)
-    if args.preset == "demo":
-        sizes = DEMO_DATASET
     splits = tuple(s for s in args.splits.split(",") if s)
+    if args.preset:
+        sizes, splits = PRESETS[args.preset]
     generate_voc(args.root, **sizes, max_objects=args.max_objects, splits=splits)
     print(f"wrote {args.root} ({', '.join(splits)}; {sizes})")
 

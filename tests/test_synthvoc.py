@@ -81,3 +81,18 @@ def test_images_hold_small_and_large_objects_and_background_distractors(tmp_path
     # distractor blobs paint object colours on background: background is not one smooth field
     img = np.asarray(Image.open(next((tmp_path / "JPEGImages").iterdir())), np.float32)
     assert img.std() > 20
+
+
+def test_the_held_out_preset_shares_no_seed_or_image_with_the_training_preset(tmp_path, capsys):
+    from pipeline.synthvoc import DEMO_DATASET, HELDOUT_DATASET, main
+
+    assert HELDOUT_DATASET["seed"] != DEMO_DATASET["seed"] and HELDOUT_DATASET["n_val"] >= 60
+    main([str(tmp_path / "heldout"), "--preset", "heldout"])
+    sets = tmp_path / "heldout" / "ImageSets" / "Segmentation"
+    assert sorted(p.name for p in sets.iterdir()) == ["val.txt"]  # a test split only, nothing to train on
+    ids = (sets / "val.txt").read_text().split()
+    assert len(ids) == HELDOUT_DATASET["n_val"]
+    # Its first image differs from the demo training set's image with the same index.
+    generate_voc(str(tmp_path / "demo"), **{**DEMO_DATASET, "n_train": 1, "n_val": 0}, splits=("train",))
+    first = "JPEGImages/synth_00000.jpg"
+    assert (tmp_path / "heldout" / first).read_bytes() != (tmp_path / "demo" / first).read_bytes()
