@@ -11,8 +11,9 @@ Writes ``report.json``, ``report.md`` (paper Table 1 layout) and ``per_class_iou
 (and ``proposals_curve.png`` with ``--proposals``) under ``--output``. Labels with
 instances (VOC ``SegmentationObject``) add diagnostics: proposal recall and mean IoU by
 object size, and DeconvNet on the ground-truth boxes (``deconvnet@oracle``). Exit codes:
-0 fine, 3 quality regressed against ``--baseline``, 4 baseline is of other data,
-2 bad arguments.
+0 fine, 2 bad arguments or images without a label (all named, before any work),
+3 quality regressed against ``--baseline``, 4 baseline is of other data, 5 images
+failed to score beyond ``--max-failed`` or none scored (``pipeline.regression``).
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ from pipeline.cli_args import (  # noqa: E402
 )
 from pipeline.evaluation import VARIANTS, EvalConfig  # noqa: E402
 from pipeline.ray_session import add_ray_address_arg  # noqa: E402
-from pipeline.regression import EXIT_MISMATCH, EXIT_OK, ReportMismatch  # noqa: E402
+from pipeline.regression import EXIT_MISMATCH, EXIT_OK, ReportMismatch, parse_max_failed  # noqa: E402
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -53,11 +54,28 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-images", type=int, default=None, help="evaluate only the first N images of the split")
     p.add_argument("--no-diagnostics", dest="diagnostics", action="store_false",
                    help="skip proposal recall, oracle variants and IoU by object size (labels with instances)")
+    p.add_argument(
+        "--max-failed", type=_max_failed, default=0,
+        help="images that may fail to score (unreadable, unknown label colour...) before the exit code is 5: "
+        "a count (3) or a fraction (0.05 or 5%%); default 0. A run where none scores always exits 5",
+    )
+    p.add_argument(
+        "--skip-missing-labels", action="store_true", default=EvalConfig.skip_missing_labels,
+        help="evaluate the images that have a label and list the others in the report "
+        "(default: stop before any work, exit 2, naming every image without one)",
+    )
     add_proposal_args(p)
     add_inference_args(p)
     add_crf_args(p)
     add_ray_address_arg(p)
     return p
+
+
+def _max_failed(text: str) -> int | float:
+    try:
+        return parse_max_failed(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def config_from_args(args: argparse.Namespace) -> EvalConfig:
@@ -70,6 +88,7 @@ def config_from_args(args: argparse.Namespace) -> EvalConfig:
         proposal_sweep=tuple(int(k) for k in args.proposals.split(",") if k.strip()),
         max_images=args.max_images,
         diagnostics=args.diagnostics,
+        skip_missing_labels=args.skip_missing_labels,
         max_pixels=args.max_pixels,
         proposals=proposal_config(args),
         inference=inference_config(args),
@@ -86,7 +105,7 @@ def main(args: argparse.Namespace) -> int:
         cfg = config_from_args(args)
         result = run_evaluation(
             cfg, output=args.output, baseline=args.baseline, miou_drop=args.miou_drop / 100,
-            class_drop=args.class_drop / 100, force=args.force_compare,
+            class_drop=args.class_drop / 100, force=args.force_compare, max_failed=args.max_failed,
         )
     except ReportMismatch as exc:
         print(f"evaluate: refused: {exc}", file=sys.stderr)

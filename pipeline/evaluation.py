@@ -54,6 +54,7 @@ class EvalConfig:
     variants: tuple[str, ...] = VARIANTS
     proposal_sweep: tuple[int, ...] = ()  # e.g. (5, 10, 25, 50): mean IoU against proposals per image
     max_images: int | None = None  # evaluate only the first N images of the split (quick checks)
+    skip_missing_labels: bool = False  # False: images without a label stop the job before any work (all named)
     max_pixels: int = 40_000_000
     proposals: ProposalConfig = field(default_factory=ProposalConfig)
     inference: InferenceConfig = field(default_factory=InferenceConfig)
@@ -170,12 +171,16 @@ class ScoreVariants:
         variants: variant names (with ``@K`` sweep variants).
         num_classes: classes of the models and labels.
         crf: CRF settings for ``+crf`` variants.
+        palette: class colours (the checkpoint's) for colour label PNGs (``pipeline.voc.decode_label``).
     """
 
-    def __init__(self, variants: list[str], num_classes: int, crf: CRFConfig) -> None:
+    def __init__(
+        self, variants: list[str], num_classes: int, crf: CRFConfig, palette: list[list[int]] | None = None
+    ) -> None:
         self.variants = list(variants)
         self.num_classes = num_classes
         self.crf = crf
+        self.palette = palette
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         from pipeline.voc import decode_label, read_bytes
@@ -189,7 +194,7 @@ class ScoreVariants:
             status, error = str(batch["status"][i]), str(batch["error"][i])
             if status == "ok":
                 try:
-                    label = decode_label(read_bytes(str(batch["label_path"][i])))
+                    label = decode_label(read_bytes(str(batch["label_path"][i])), self.palette)
                     image = batch["image"][i]
                     if label.shape != image.shape[:2]:
                         raise ValueError(f"label is {label.shape}, image is {image.shape[:2]}")
@@ -219,9 +224,10 @@ class ScoreVariants:
         }
 
 
-def evaluate(cfg: EvalConfig, *, num_classes: int, rows: list[dict]) -> dict:
+def evaluate(cfg: EvalConfig, *, num_classes: int, rows: list[dict], palette: list[list[int]] | None = None) -> dict:
     """Run the chain over ``rows`` ({image_id, path, label_path}); return summed metrics per variant.
 
+    ``palette`` (class colours) maps colour label PNGs to classes; index PNGs need none.
     With diagnostics on and an ``object_path`` (instance PNG) in every row, the result
     also holds the ``<variant>#<size>`` matrices, the oracle variants and the summed
     proposal ``recall`` counts (``pipeline.diagnostics``).
@@ -268,7 +274,8 @@ def evaluate(cfg: EvalConfig, *, num_classes: int, rows: list[dict]) -> dict:
             num_cpus=share if res.model_gpus == 0 else 1, num_gpus=res.model_gpus, concurrency=res.model_actors,
         )
         .map_batches(
-            ScoreVariants, fn_constructor_kwargs={"variants": variants, "num_classes": num_classes, "crf": cfg.crf},
+            ScoreVariants,
+            fn_constructor_kwargs={"variants": variants, "num_classes": num_classes, "crf": cfg.crf, "palette": palette},
             batch_size=4, batch_format="numpy", num_cpus=share, concurrency=(1, res.crf_actors),
         )
     )
@@ -308,25 +315,28 @@ def run_evaluation(
     miou_drop: float = 0.005,
     class_drop: float = 0.02,
     force: bool = False,
+    max_failed: int | float = 0,
 ) -> dict:
     """The whole evaluation job: checks, the Ray chain, the report, the baseline comparison.
 
     Every check that can fail on a bad argument (variants, checkpoints, data layout,
-    baseline of other data) runs before any work. Returns ``{"report", "paths",
-    "lines", "exit_code"}``.
+    missing labels, baseline of other data) runs before any work. ``max_failed``: how
+    many images (an int) or what fraction of them (a float) may fail to score before
+    the exit code is ``EXIT_FAILED``. Returns ``{"report", "paths", "lines", "exit_code"}``.
     """
     from models import read_checkpoint_meta
     from pipeline.labelled import open_labelled_set
-    from pipeline.regression import EXIT_OK, check_comparable, compare_reports
+    from pipeline.regression import EXIT_OK, check_comparable, compare_reports, failure_summary
     from pipeline.report import read_report, variant_entry, write_report
 
     cfg.validate()
-    data = open_labelled_set(cfg.data, cfg.split)
+    data = open_labelled_set(cfg.data, cfg.split, skip_missing_labels=cfg.skip_missing_labels)
     rows = data.rows[: cfg.max_images] if cfg.max_images else data.rows
-    checkpoints = {}
+    checkpoints, palettes = {}, []
     for key, path in (("deconvnet", cfg.checkpoint), ("fcn", cfg.fcn_checkpoint)):
         if path and cfg.needs()[key == "fcn"]:
             meta = read_checkpoint_meta(path)
+            palettes.append([list(c) for c in meta.palette])
             if meta.num_classes != len(data.class_names):
                 raise ValueError(
                     f"{path} predicts {meta.num_classes} classes but {cfg.data} has {len(data.class_names)} ({data.class_names})"
@@ -340,12 +350,15 @@ def run_evaluation(
         if not force:
             check_comparable({"dataset": dataset, "class_names": data.class_names}, base)
 
-    result = evaluate(cfg, num_classes=len(data.class_names), rows=rows)
+    result = evaluate(cfg, num_classes=len(data.class_names), rows=rows, palette=palettes[0] if palettes else None)
     metrics = result["metrics"]
     oracles = [v for v in result["variants"] if v.endswith("@oracle")]
     report = {
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "dataset": {**dataset, "scored": result["scored"], "failed": len(result["failed"])},
+        "dataset": {
+            **dataset, "scored": result["scored"], "failed": len(result["failed"]),
+            "missing_labels": len(data.missing_labels),
+        },
         "class_names": data.class_names,
         "variants": {v: variant_entry(metrics[v], data.class_names) for v in cfg.variants},
         "checkpoints": checkpoints,
@@ -353,6 +366,8 @@ def run_evaluation(
         "timings": {"evaluate_s": result["seconds"], "images_per_s": result["scored"] / max(result["seconds"], 1e-9)},
         "confusion_matrices": {v: result["matrices"][v] for v in [*cfg.variants, *oracles]},
         "failed_images": result["failed"][:1000],
+        "failures": failure_summary(result["failed"], images=len(rows), scored=result["scored"], max_failed=max_failed),
+        "missing_label_images": data.missing_labels[:1000],
     }
     if cfg.proposal_sweep:
         sweep: dict[str, dict[str, float]] = {}
@@ -361,7 +376,7 @@ def run_evaluation(
                 base_name, k = name.split("@")
                 sweep.setdefault(base_name, {})[k] = metrics[name]["mean_iou"]
         report["proposal_sweep"] = sweep
-    lines = [f"{v:<18} mean IoU {100 * report['variants'][v]['mean_iou']:.2f}" for v in cfg.variants]
+    lines = [f"{v:<18} mean IoU {_points(report['variants'][v]['mean_iou'])}" for v in cfg.variants]
     if result["recall"] is not None:
         report["diagnostics"] = diagnostics_section(
             metrics, [*cfg.variants, *oracles], result["recall"], size_bounds=cfg.size_bounds, top_k=cfg.proposals.top_k,
@@ -374,6 +389,16 @@ def run_evaluation(
         report["comparison"] = {"baseline": baseline, "deltas": cmp.deltas, "regressions": cmp.regressions}
         lines = cmp.lines + [f"REGRESSION {r}" for r in cmp.regressions]
         exit_code = cmp.exit_code
+    failures = report["failures"]
+    if failures["exit_code"] != EXIT_OK:
+        lines.append(f"FAILED {failures['verdict']}")
+        exit_code = failures["exit_code"]
     paths = write_report(report, output)
+    if data.missing_labels:
+        lines.append(f"{len(data.missing_labels)} images have no label and were skipped (report.json: missing_label_images)")
     lines.append(f"{result['scored']} images scored, {len(result['failed'])} failed, {result['seconds']:.1f} s; report: {paths['markdown']}")
     return {"report": report, "paths": paths, "lines": lines, "exit_code": exit_code}
+
+
+def _points(value: float | None) -> str:
+    return "-" if value is None else f"{100 * value:.2f}"

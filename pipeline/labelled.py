@@ -8,15 +8,20 @@
   ``masks/``; ``<split>.txt`` beside them (relative paths without extension) picks a
   subset, else every image is used. Optional ``classes.txt``.
 
-Masks are index PNGs (palette or greyscale), 255 = ignore. Paths may be local or any
-fsspec URL.
+Masks are index PNGs (palette or greyscale), 255 = ignore, or colour PNGs (RGB/RGBA)
+that the evaluation maps through the checkpoint's palette (``pipeline.voc.decode_label``).
+Paths may be local or any fsspec URL.
+
+Labels are found with one listing of the label folder, before any work: images
+without a label are all named at once (:class:`MissingLabels`), or left out and
+recorded in ``missing_labels`` when the caller asks to skip them.
 """
 
 from __future__ import annotations
 
 import hashlib
 import posixpath
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import fsspec
 
@@ -32,6 +37,8 @@ class LabelledSet:
     layout: str  # "voc" or "folders"
     class_names: list[str]
     rows: list[dict]  # {"image_id", "path", "label_path"[, "object_path"]}
+    missing_labels: list[str] = field(default_factory=list)  # image ids left out for want of a label
+    label_sizes: dict[str, int] = field(default_factory=dict)  # label path -> bytes, from the listing
 
     def fingerprint(self) -> str:
         """Identity of the evaluation data: split, class names, ids and label file sizes.
@@ -43,13 +50,23 @@ class LabelledSet:
         h.update(f"{self.split}\n{','.join(self.class_names)}\n".encode())
         fs, _ = fsspec.core.url_to_fs(self.root)
         for row in sorted(self.rows, key=lambda r: r["image_id"]):
-            _, p = fsspec.core.url_to_fs(row["label_path"])
-            h.update(f"{row['image_id']}\t{fs.size(p)}\n".encode())
+            size = self.label_sizes.get(row["label_path"])
+            if size is None:
+                size = fs.size(fsspec.core.url_to_fs(row["label_path"])[1])
+            h.update(f"{row['image_id']}\t{size}\n".encode())
         return h.hexdigest()[:16]
 
 
-def open_labelled_set(root: str, split: str = "val") -> LabelledSet:
-    """Find the layout under ``root`` and list the (image, label) pairs of ``split``."""
+class MissingLabels(FileNotFoundError):
+    """Images of the split have no label file (all of them are named)."""
+
+
+def open_labelled_set(root: str, split: str = "val", *, skip_missing_labels: bool = False) -> LabelledSet:
+    """Find the layout under ``root`` and list the (image, label) pairs of ``split``.
+
+    Raises :class:`MissingLabels` naming every image without a label, unless
+    ``skip_missing_labels``: then those images are left out and listed in ``missing_labels``.
+    """
     root = root.rstrip("/")
     if exists(join(root, "JPEGImages")) and exists(join(root, "SegmentationClass")):
         ids = read_split(root, split)
@@ -64,17 +81,36 @@ def open_labelled_set(root: str, split: str = "val") -> LabelledSet:
         if exists(join(root, "SegmentationObject")):  # instances: the evaluation's diagnostics
             for row, i in zip(rows, ids):
                 row["object_path"] = join(root, "SegmentationObject", f"{i}.png")
-        layout = "voc"
+        layout, label_dir = "voc", join(root, "SegmentationClass")
     elif exists(join(root, "images")) and exists(join(root, "masks")):
         rows = _folder_rows(root, split)
-        layout = "folders"
+        layout, label_dir = "folders", join(root, "masks")
     else:
         raise FileNotFoundError(
             f"{root} is neither a VOC layout (JPEGImages/ + SegmentationClass/) nor images/ + masks/ folders"
         )
+    sizes = _file_sizes(label_dir)
+    missing = [r for r in rows if r["label_path"] not in sizes]
+    if missing and not skip_missing_labels:
+        raise MissingLabels(
+            f"{len(missing)} of {len(rows)} images of {root} (split {split!r}) have no label in {label_dir} "
+            "(--skip-missing-labels evaluates the others):\n" + "\n".join(f"  {r['label_path']}" for r in missing)
+        )
+    rows = [r for r in rows if r["label_path"] in sizes]
     if not rows:
         raise ValueError(f"no labelled images in {root} (split {split!r})")
-    return LabelledSet(root, split, layout, read_class_names(root), rows)
+    return LabelledSet(
+        root, split, layout, read_class_names(root), rows, [r["image_id"] for r in missing],
+        {r["label_path"]: sizes[r["label_path"]] for r in rows},
+    )
+
+
+def _file_sizes(folder: str) -> dict[str, int]:
+    """Size of every file under ``folder`` (one listing), keyed as ``join(folder, relative path)``."""
+    fs, base = fsspec.core.url_to_fs(folder)
+    base = base.rstrip("/")
+    found = fs.find(base, detail=True) if fs.exists(base) else {}
+    return {join(folder, posixpath.relpath(p, base)): int(info.get("size") or 0) for p, info in found.items()}
 
 
 def _folder_rows(root: str, split: str) -> list[dict]:

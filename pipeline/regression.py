@@ -1,4 +1,4 @@
-"""Compare an evaluation report with a baseline report and decide if quality regressed.
+"""The evaluation job's verdict: did quality regress against a baseline report, and did too many images fail?
 
 A scheduler runs ``jobs/evaluate.py --baseline previous/report.json`` and alerts on
 the exit code:
@@ -8,7 +8,12 @@ the exit code:
   one of its classes' IoU by more than ``class_drop`` (both in IoU points, 0.01 = 1
   point);
 - ``4``  refused: the two reports are of different data (fingerprint, split or
-  classes differ); ``--force-compare`` compares anyway.
+  classes differ); ``--force-compare`` compares anyway;
+- ``5``  images failed to score: more than ``--max-failed`` allows (default none), or
+  no image scored at all (whatever ``--max-failed`` says). It wins over ``3``: metrics
+  over a different set of images are not comparable with the baseline's.
+
+``2`` (bad arguments, missing labels) is set by the job before any work.
 
 Only variants and classes present in both reports are compared; a class whose IoU
 is undefined in either report is skipped.
@@ -21,6 +26,7 @@ from dataclasses import dataclass, field
 EXIT_OK = 0
 EXIT_REGRESSION = 3
 EXIT_MISMATCH = 4
+EXIT_FAILED = 5
 
 
 class ReportMismatch(ValueError):
@@ -88,3 +94,44 @@ def compare_reports(
             f"{variant:<18} {100 * now['mean_iou']:>10.2f} {100 * d['mean_iou']:>+8.2f}   {worst[0]} {100 * worst[1]:+.2f}"
         )
     return cmp
+
+
+def parse_max_failed(text: str) -> int | float:
+    """``--max-failed``: a count of images (``3``) or a fraction of them (``0.05``, ``5%``)."""
+    t = str(text).strip()
+    try:
+        value = float(t[:-1]) / 100 if t.endswith("%") else float(t)
+    except ValueError:
+        raise ValueError(f"--max-failed takes a count (3) or a fraction (0.05 or 5%), got {text!r}") from None
+    is_fraction = t.endswith("%") or any(c in t for c in ".eE")
+    if value < 0 or (is_fraction and value > 1) or not (is_fraction or value.is_integer()):
+        raise ValueError(f"--max-failed must be a count >= 0 or a fraction in [0, 1], got {text!r}")
+    return value if is_fraction else int(value)
+
+
+def allowed_failures(max_failed: int | float, images: int) -> int:
+    """How many of ``images`` may fail to score under ``max_failed`` (a count, or a float fraction)."""
+    if isinstance(max_failed, float):
+        return int(max_failed * images + 1e-9)
+    return int(max_failed)
+
+
+def failure_summary(failed: list[str], *, images: int, scored: int, max_failed: int | float) -> dict:
+    """How many images failed to score and why (by error class), against ``--max-failed``.
+
+    ``failed`` holds one line per image: its id, error class and message, tab-separated. The verdict fails when no image
+    scored at all, or more failed than ``max_failed`` (a count, or a float fraction) allows.
+    """
+    by_class: dict[str, dict] = {}
+    for line in failed:
+        image_id, status, error = (line.split("\t", 2) + ["", ""])[:3]
+        entry = by_class.setdefault(status, {"images": 0, "example": f"{image_id}: {error}"})
+        entry["images"] += 1
+    allowed = allowed_failures(max_failed, images)
+    verdict, code = f"{len(failed)} of {images} images failed to score (--max-failed allows {allowed})", EXIT_OK
+    if scored == 0:
+        verdict, code = f"no image could be scored ({len(failed)} of {images} failed)", EXIT_FAILED
+    elif len(failed) > allowed:
+        code = EXIT_FAILED
+    by_class = dict(sorted(by_class.items(), key=lambda kv: -kv[1]["images"]))
+    return {"count": len(failed), "allowed": allowed, "by_class": by_class, "verdict": verdict, "exit_code": code}

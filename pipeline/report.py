@@ -88,6 +88,7 @@ def render_markdown(report: dict) -> str:
                 "| method | " + " | ".join(str(k) for k in ks) + " |", "|---|" + "---:|" * len(ks)]
         for variant, by_k in sweep.items():
             out.append(f"| {variant} | " + " | ".join(_pct(by_k.get(str(k))) for k in ks) + " |")
+    out += failures_section(report)
     if report.get("diagnostics"):
         out += ["", *diagnostics_markdown(report["diagnostics"])]
     ckpts = report.get("checkpoints", {})
@@ -128,6 +129,28 @@ def diagnostics_markdown(diag: dict) -> list[str]:
     ]
     for variant, row in by_size.items():
         out.append(f"| {variant} | " + " | ".join(_pct(row[s]) for s in sizes) + " |")
+    return out
+
+
+def failures_section(report: dict) -> list[str]:
+    """Markdown lines: how many images were not scored and why (one row per error class), missing labels."""
+    out = []
+    failures, ds = report.get("failures") or {}, report["dataset"]
+    if failures.get("count"):
+        head = f"**{failures['count']} of {ds['images']} images could not be scored** ({failures['verdict']})"
+        out += ["", f"{head}; they are left out of every number above. By error:", "",
+                "| error | images | first example |", "|---|---:|---|"]
+        for status, entry in failures["by_class"].items():
+            example = entry["example"].replace("|", "\\|").replace("\n", " ")
+            out.append(f"| {status} | {entry['images']} | {example[:300]} |")
+        out += ["", "Every failed image with its error: `failed_images` in report.json."]
+    if ds.get("missing_labels"):
+        shown = report.get("missing_label_images", [])[:20]
+        more = ds["missing_labels"] - len(shown)
+        listed = ", ".join(f"`{i}`" for i in shown)
+        if more > 0:
+            listed += f" and {more} more (report.json: `missing_label_images`)"
+        out += ["", f"**{ds['missing_labels']} images have no label** and were skipped (--skip-missing-labels): {listed}"]
     return out
 
 

@@ -3,7 +3,7 @@
 Layout under ``root`` (local path, ``s3://bucket/VOC2012``, ``memory://voc`` ...)::
 
     JPEGImages/<id>.jpg
-    SegmentationClass/<id>.png     palette PNG: class index per pixel, 255 = void
+    SegmentationClass/<id>.png     palette PNG: class index per pixel, 255 = void (or colours: decode_label)
     SegmentationObject/<id>.png    palette PNG: instance index 1..n per pixel, 0 = none, 255 = void
     ImageSets/Segmentation/<split>.txt
     classes.txt                    optional, one class name per line (VOC has none: 21 VOC classes)
@@ -15,6 +15,7 @@ class under it in ``SegmentationClass`` (VOC gives every instance one class).
 from __future__ import annotations
 
 import io
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import fsspec
@@ -58,15 +59,60 @@ def read_split(root: str, split: str) -> list[str]:
     return [line.split()[0] for line in read_bytes(path).decode().splitlines() if line.strip()]
 
 
-def decode_label(data: bytes) -> np.ndarray:
-    """A label PNG as ``uint8 (H, W)`` indices; palette ('P') or grey ('L') PNGs only.
+VOID_COLOUR = (224, 224, 192)  # the VOC colour of label 255 (void), as colour-coded label PNGs draw it
 
-    An RGB PNG would be colours, not indices: refuse it rather than guess.
+
+class UnknownLabelColour(ValueError):
+    """A colour label PNG has pixels whose colour is neither a class colour nor the void colour."""
+
+
+def decode_label(data: bytes, palette: Sequence[Sequence[int]] | None = None) -> np.ndarray:
+    """A label PNG as ``uint8 (H, W)`` class indices, 255 = void.
+
+    Palette ('P') and greyscale ('L') PNGs hold the indices themselves. RGB and RGBA
+    PNGs hold colours (the usual export of labelling tools): with ``palette`` (RGB per
+    class index, e.g. a checkpoint's) each pixel gets the class of its colour, the void
+    colour (224, 224, 192) and fully transparent pixels get 255, and a colour that is
+    neither raises :class:`UnknownLabelColour` naming each such colour and its pixel
+    count. Without a palette a colour PNG is refused rather than guessed.
     """
     img = Image.open(io.BytesIO(data))
-    if img.mode not in ("P", "L"):
-        raise ValueError(f"label PNG must be palette or greyscale (indices), got mode {img.mode}")
-    return np.asarray(img, dtype=np.uint8)
+    if img.mode in ("P", "L"):
+        return np.asarray(img, dtype=np.uint8)
+    if img.mode not in ("RGB", "RGBA") or palette is None:
+        raise ValueError(
+            f"label PNG must be palette or greyscale (indices), or RGB/RGBA colours with a palette; got mode {img.mode}"
+        )
+    return _colours_to_indices(np.asarray(img), palette)
+
+
+def _colours_to_indices(rgb: np.ndarray, palette: Sequence[Sequence[int]]) -> np.ndarray:
+    def pack(c) -> int:
+        return (int(c[0]) << 16) | (int(c[1]) << 8) | int(c[2])
+
+    lut = {pack(VOID_COLOUR): IGNORE_INDEX}
+    for index, colour in reversed(list(enumerate(palette[:IGNORE_INDEX]))):  # the lowest index wins a shared colour
+        lut[pack(colour)] = index
+    c = rgb[..., :3].astype(np.uint32)
+    packed = (c[..., 0] << 16) | (c[..., 1] << 8) | c[..., 2]
+    transparent = 1 << 24  # not a colour: fully transparent pixels are unlabelled
+    if rgb.shape[-1] == 4:
+        packed[rgb[..., 3] == 0] = transparent
+    lut[transparent] = IGNORE_INDEX
+    colours, inverse, counts = np.unique(packed, return_inverse=True, return_counts=True)
+    index = np.array([lut.get(int(v), -1) for v in colours], dtype=np.int16)
+    unknown = np.flatnonzero(index < 0)
+    if unknown.size:
+        worst = unknown[np.argsort(-counts[unknown], kind="stable")]
+        named = ", ".join(
+            f"({v >> 16}, {(v >> 8) & 255}, {v & 255}) on {counts[k]} pixels" for k, v in zip(worst[:5], colours[worst[:5]])
+        )
+        more = f" and {unknown.size - 5} more colours on {counts[worst[5:]].sum()} pixels" if unknown.size > 5 else ""
+        raise UnknownLabelColour(
+            f"label colours not in the palette ({min(len(palette), IGNORE_INDEX)} class colours + void "
+            f"{VOID_COLOUR}): {named}{more}"
+        )
+    return index[inverse].reshape(packed.shape).astype(np.uint8)
 
 
 def decode_image(data: bytes) -> np.ndarray:

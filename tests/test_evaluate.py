@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import sys
 from pathlib import Path
 
@@ -12,12 +13,12 @@ import ray
 import torch
 from PIL import Image
 
-from models import FCN, DeconvNet, save_checkpoint
+from models import FCN, DeconvNet, save_checkpoint, voc_palette
 from pipeline.evaluation import VARIANTS as VARIANTS_ALL
 from pipeline.labelled import open_labelled_set
 from pipeline.metrics import ConfusionMatrix
 from pipeline.proposals import ProposalConfig, ProposalGenerator, enlarge_boxes
-from pipeline.regression import EXIT_MISMATCH, EXIT_OK, EXIT_REGRESSION
+from pipeline.regression import EXIT_FAILED, EXIT_MISMATCH, EXIT_OK, EXIT_REGRESSION
 from pipeline.segmenter import InferenceConfig, Segmenter
 from pipeline.voc import instance_regions, load_sample
 
@@ -150,3 +151,97 @@ def test_bad_arguments_fail_before_work(synth_voc, tmp_path):
     args.fcn_checkpoint = None
     assert evaluate_job.main(args) == 2  # edeconvnet variants need the FCN
     assert not (tmp_path / "x").exists()
+
+
+UNKNOWN = (12, 34, 56)  # a colour of no class
+
+
+def _colour_labels(synth_voc: str, root: Path, layout: str, *, unknown: set[str] = frozenset()) -> list[str]:
+    """The val split of ``synth_voc`` with colour labels, as labelling tools export them: RGB in a VOC
+    layout (void drawn 224,224,192), RGBA in images/ + masks/ (void left transparent). Images in
+    ``unknown`` get a 3x4 patch of a colour of no class. Returns the val ids."""
+    ids = Path(synth_voc, "ImageSets", "Segmentation", "val.txt").read_text().split()
+    colours = np.array(voc_palette(256), np.uint8)
+    images, labels = ("JPEGImages", "SegmentationClass") if layout == "voc" else ("images", "masks")
+    for sub in (images, labels):
+        (root / sub).mkdir(parents=True)
+    shutil.copy(Path(synth_voc, "classes.txt"), root / "classes.txt")
+    if layout == "voc":
+        (root / "ImageSets" / "Segmentation").mkdir(parents=True)
+        (root / "ImageSets" / "Segmentation" / "val.txt").write_text("\n".join(ids) + "\n")
+    for image_id in ids:
+        shutil.copy(Path(synth_voc, "JPEGImages", f"{image_id}.jpg"), root / images / f"{image_id}.jpg")
+        index = np.asarray(Image.open(Path(synth_voc, "SegmentationClass", f"{image_id}.png")))
+        rgb = colours[index]
+        if image_id in unknown:
+            rgb[:3, :4] = UNKNOWN
+        if layout == "voc":
+            Image.fromarray(rgb, "RGB").save(root / labels / f"{image_id}.png")
+        else:
+            alpha = np.where(index == 255, 0, 255).astype(np.uint8)
+            Image.fromarray(np.dstack([rgb, alpha]), "RGBA").save(root / labels / f"{image_id}.png")
+    return ids
+
+
+def _fcn_matrix(fcn_checkpoint: str, synth_voc: str, ids: list[str]) -> list[list[int]]:
+    """FCN's confusion matrix over ``ids`` with the index labels, image by image in this process."""
+    seg = Segmenter(None, fcn_checkpoint, InferenceConfig(ensemble="fcn", device="cpu"))
+    cm = ConfusionMatrix(NUM_CLASSES)
+    for image_id in ids:
+        image = np.asarray(Image.open(Path(synth_voc, "JPEGImages", f"{image_id}.jpg")).convert("RGB"))
+        label = np.asarray(Image.open(Path(synth_voc, "SegmentationClass", f"{image_id}.png")))
+        cm.update(seg.predict([image], [np.zeros((0, 4), np.float32)])[0].argmax(0), label)
+    return cm.mat.tolist()
+
+
+def test_colour_labels_in_both_layouts_and_an_unknown_colour_fails_its_image(synth_voc, tmp_path, capsys):
+    ckpts = _checkpoints(tmp_path, favourite=0, tag="good")
+    ids = Path(synth_voc, "ImageSets", "Segmentation", "val.txt").read_text().split()
+    bad = ids[1]
+    want = _fcn_matrix(ckpts[1], synth_voc, [i for i in ids if i != bad])
+    # VOC layout, RGB labels: the image with the unknown colour fails, so the run exits EXIT_FAILED.
+    _colour_labels(synth_voc, tmp_path / "voc", "voc", unknown={bad})
+    code = evaluate_job.main(_args(str(tmp_path / "voc"), ckpts, tmp_path / "r1", "--variants", "fcn"))
+    printed = capsys.readouterr().out
+    assert code == EXIT_FAILED, printed
+    assert "FAILED 1 of 3 images failed to score (--max-failed allows 0)" in printed
+    report = json.loads((tmp_path / "r1" / "report.json").read_text())
+    assert (report["dataset"]["scored"], report["dataset"]["failed"]) == (2, 1)
+    assert report["confusion_matrices"]["fcn"] == want  # colours scored exactly as the index labels
+    example = report["failures"]["by_class"]["UnknownLabelColour"]["example"]
+    assert example.startswith(f"{bad}.jpg: ") and "(12, 34, 56) on 12 pixels" in example
+    md = (tmp_path / "r1" / "report.md").read_text()
+    assert "**1 of 3 images could not be scored**" in md and "| UnknownLabelColour | 1 |" in md
+    # images/ + masks/, RGBA labels with void transparent: the same numbers; --max-failed 1 accepts the failure.
+    _colour_labels(synth_voc, tmp_path / "folders", "folders", unknown={bad})
+    code = evaluate_job.main(_args(str(tmp_path / "folders"), ckpts, tmp_path / "r2", "--variants", "fcn", "--max-failed", "1"))
+    assert code == EXIT_OK, capsys.readouterr().out
+    report = json.loads((tmp_path / "r2" / "report.json").read_text())
+    assert report["confusion_matrices"]["fcn"] == want and report["failures"]["count"] == 1
+
+
+def test_missing_labels_are_named_before_work_and_a_run_where_nothing_scores_exits_5(synth_voc, tmp_path, capsys):
+    ckpts = _checkpoints(tmp_path, favourite=0, tag="good")
+    root = tmp_path / "folders"
+    ids = _colour_labels(synth_voc, root, "folders", unknown=set(Path(synth_voc, "ImageSets", "Segmentation", "val.txt").read_text().split()))
+    (root / "masks" / f"{ids[0]}.png").unlink()
+    (root / "masks" / f"{ids[2]}.png").unlink()
+    # Without the flag: exit 2 before any work, every missing label named.
+    assert evaluate_job.main(_args(str(root), ckpts, tmp_path / "r0", "--variants", "fcn")) == 2
+    err = capsys.readouterr().err
+    assert "2 of 3 images" in err and f"masks/{ids[0]}.png" in err and f"masks/{ids[2]}.png" in err
+    assert not (tmp_path / "r0").exists()
+    # With it: the one labelled image is evaluated, and fails (unknown colour): nothing scored, even with
+    # --max-failed 100%, is a failed run; the report is written and says why; no traceback.
+    code = evaluate_job.main(
+        _args(str(root), ckpts, tmp_path / "r1", "--variants", "fcn", "--skip-missing-labels", "--max-failed", "100%")
+    )
+    printed = capsys.readouterr().out
+    assert code == EXIT_FAILED, printed
+    assert "fcn                mean IoU -" in printed and "FAILED no image could be scored (1 of 1 failed)" in printed
+    assert "2 images have no label and were skipped" in printed
+    report = json.loads((tmp_path / "r1" / "report.json").read_text())
+    assert report["dataset"]["scored"] == 0 and report["variants"]["fcn"]["mean_iou"] is None
+    assert report["dataset"]["missing_labels"] == 2 and report["missing_label_images"] == [f"{ids[0]}.jpg", f"{ids[2]}.jpg"]
+    md = (tmp_path / "r1" / "report.md").read_text()
+    assert "**1 of 1 images could not be scored**" in md and "**2 images have no label**" in md

@@ -5,7 +5,7 @@ from __future__ import annotations
 import fsspec
 import pytest
 
-from pipeline.labelled import open_labelled_set
+from pipeline.labelled import MissingLabels, open_labelled_set
 
 
 def test_voc_layout(synth_voc):
@@ -37,3 +37,30 @@ def test_images_and_masks_folders_with_and_without_split():
         open_labelled_set("memory://lab", "val")
     with pytest.raises(FileNotFoundError, match="neither a VOC layout"):
         open_labelled_set("memory://nothing-here", "val")
+
+
+@pytest.mark.parametrize("layout", ["voc", "folders"])
+def test_missing_labels_are_all_named_before_any_work_or_skipped(layout):
+    fs = fsspec.filesystem("memory")
+    root = f"/missing-{layout}"
+    stems = ["a", "b", "c", "d"]
+    for stem in stems:
+        if layout == "voc":
+            fs.pipe(f"{root}/JPEGImages/{stem}.jpg", b"img")
+            if stem in ("a", "c"):
+                fs.pipe(f"{root}/SegmentationClass/{stem}.png", b"mask")
+        else:
+            fs.pipe(f"{root}/images/{stem}.jpg", b"img")
+            if stem in ("a", "c"):
+                fs.pipe(f"{root}/masks/{stem}.png", b"mask")
+    if layout == "voc":
+        fs.pipe(f"{root}/ImageSets/Segmentation/val.txt", "\n".join(stems).encode())
+    url = f"memory://{root.lstrip('/')}"
+    with pytest.raises(MissingLabels, match="2 of 4 images") as info:
+        open_labelled_set(url, "val")
+    label_dir = "SegmentationClass" if layout == "voc" else "masks"
+    assert f"{label_dir}/b.png" in str(info.value) and f"{label_dir}/d.png" in str(info.value)
+    assert isinstance(info.value, FileNotFoundError)  # the job's exit 2
+    data = open_labelled_set(url, "val", skip_missing_labels=True)
+    assert [r["image_id"] for r in data.rows] == ["a.jpg", "c.jpg"]
+    assert data.missing_labels == ["b.jpg", "d.jpg"]

@@ -9,7 +9,16 @@ import pytest
 from PIL import Image
 
 from pipeline.metrics import ConfusionMatrix
-from pipeline.regression import EXIT_OK, EXIT_REGRESSION, ReportMismatch, compare_reports
+from pipeline.regression import (
+    EXIT_FAILED,
+    EXIT_MISMATCH,
+    EXIT_OK,
+    EXIT_REGRESSION,
+    ReportMismatch,
+    compare_reports,
+    failure_summary,
+    parse_max_failed,
+)
 from pipeline.report import markdown_table, read_report, variant_entry, write_report
 
 CLASSES = ["background", "disc", "box"]
@@ -81,3 +90,52 @@ def test_different_data_is_refused_unless_forced():
     with pytest.raises(ReportMismatch, match="split"):
         compare_reports(_report({"v": GOOD}, split="train"), _report({"v": GOOD}))
     assert compare_reports(a, b, force=True).exit_code == EXIT_OK
+
+
+def test_max_failed_is_a_count_or_a_fraction():
+    assert [parse_max_failed(t) for t in ("0", "3", "0.05", "5%", "1.0", "100%")] == [0, 3, 0.05, 0.05, 1.0, 1.0]
+    assert isinstance(parse_max_failed("1"), int) and isinstance(parse_max_failed("1.0"), float)
+    for bad in ("-1", "2.5", "101%", "x", "1.5.2"):
+        with pytest.raises(ValueError, match="--max-failed"):
+            parse_max_failed(bad)
+    assert len({EXIT_OK, EXIT_REGRESSION, EXIT_MISMATCH, EXIT_FAILED, 2}) == 5  # every verdict its own code
+
+
+FAILED = [
+    "a.jpg\tUnknownLabelColour\tscoring: label colours not in the palette (...): (10, 20, 30) on 7 pixels",
+    "b.jpg\tUnknownLabelColour\tscoring: label colours not in the palette (...): (1, 2, 3) on 1 pixels",
+    "c.jpg\tUnidentifiedImageError\tcannot identify image file",
+]
+
+
+def test_failure_gate_by_count_fraction_and_when_nothing_scored():
+    s = failure_summary(FAILED, images=20, scored=17, max_failed=0)
+    assert (s["count"], s["allowed"], s["exit_code"]) == (3, 0, EXIT_FAILED)
+    assert list(s["by_class"]) == ["UnknownLabelColour", "UnidentifiedImageError"]  # most images first
+    assert s["by_class"]["UnknownLabelColour"]["images"] == 2
+    assert s["by_class"]["UnknownLabelColour"]["example"].startswith("a.jpg: scoring: label colours")
+    assert failure_summary(FAILED, images=20, scored=17, max_failed=3)["exit_code"] == EXIT_OK
+    assert failure_summary(FAILED, images=20, scored=17, max_failed=2)["exit_code"] == EXIT_FAILED
+    assert failure_summary(FAILED, images=20, scored=17, max_failed=0.15)["exit_code"] == EXIT_OK  # 3 of 20
+    assert failure_summary(FAILED, images=20, scored=17, max_failed=0.1)["exit_code"] == EXIT_FAILED
+    assert failure_summary([], images=20, scored=20, max_failed=0)["exit_code"] == EXIT_OK
+    none = failure_summary(FAILED, images=3, scored=0, max_failed=1.0)  # nothing scored: never allowed
+    assert none["exit_code"] == EXIT_FAILED and none["verdict"].startswith("no image could be scored")
+
+
+def test_report_of_a_run_where_nothing_scored_says_why(tmp_path):
+    empty = ConfusionMatrix(3).compute()
+    rep = _report({})
+    rep["variants"] = {"fcn": variant_entry(empty, CLASSES)}
+    rep["dataset"].update(images=3, scored=0, failed=3, missing_labels=2)
+    rep["failures"] = failure_summary(FAILED, images=3, scored=0, max_failed=0)
+    rep["missing_label_images"] = ["m1.jpg", "m2.jpg"]
+    paths = write_report(rep, str(tmp_path))
+    got = read_report(paths["json"])
+    assert got["variants"]["fcn"]["mean_iou"] is None and got["failures"]["by_class"]["UnknownLabelColour"]["images"] == 2
+    md = (tmp_path / "report.md").read_text()
+    assert "**3 of 3 images could not be scored** (no image could be scored (3 of 3 failed))" in md
+    assert "| UnknownLabelColour | 2 | a.jpg: scoring: label colours not in the palette (...): (10, 20, 30) on 7 pixels |" in md
+    assert "| UnidentifiedImageError | 1 | c.jpg: cannot identify image file |" in md
+    assert "**2 images have no label** and were skipped (--skip-missing-labels): `m1.jpg`, `m2.jpg`" in md
+    assert "| fcn | - | - | - | **-** |" in md

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import os
 
 import fsspec
@@ -9,9 +10,17 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from models.classes import VOC_CLASSES
+from models.classes import VOC_CLASSES, voc_palette
 from pipeline.synthvoc import SYNTH_CLASSES
-from pipeline.voc import instances, join, load_sample, read_class_names, read_split
+from pipeline.voc import (
+    UnknownLabelColour,
+    decode_label,
+    instances,
+    join,
+    load_sample,
+    read_class_names,
+    read_split,
+)
 
 
 def test_split_classes_and_sample(synth_voc):
@@ -69,3 +78,42 @@ def test_rgb_label_refused(tmp_path, synth_voc):
     )
     with pytest.raises(ValueError, match="palette or greyscale"):
         load_sample(str(root), image_id)
+
+
+def _png(pixels: np.ndarray, mode: str) -> bytes:
+    buf = io.BytesIO()
+    img = Image.fromarray(pixels, mode if mode != "P" else "L")
+    if mode == "P":
+        img = img.convert("P")
+        img.putpalette([c for rgb in voc_palette(256) for c in rgb])
+    img.save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def test_colour_labels_map_through_the_palette():
+    palette = voc_palette(4)  # a 4-class checkpoint's colours
+    index = np.array([[0, 1, 2, 3, 255, 0], [1, 1, 0, 2, 3, 255]], np.uint8)
+    colours = np.array(voc_palette(256), np.uint8)[index]  # void drawn as VOC's 224,224,192
+    assert tuple(colours[0, 4]) == (224, 224, 192)
+    np.testing.assert_array_equal(decode_label(_png(colours, "RGB"), palette), index)
+    # RGBA: opaque pixels by their colour, fully transparent ones are unlabelled whatever their colour
+    rgba = np.dstack([colours, np.full(index.shape, 255, np.uint8)])
+    rgba[0, 0, 3] = 0
+    rgba[1, 0] = (9, 9, 9, 0)
+    expected = index.copy()
+    expected[0, 0] = expected[1, 0] = 255
+    np.testing.assert_array_equal(decode_label(_png(rgba, "RGBA"), palette), expected)
+    # index PNGs as before: the palette plays no part
+    for mode in ("P", "L"):
+        np.testing.assert_array_equal(decode_label(_png(index, mode), palette), index)
+        np.testing.assert_array_equal(decode_label(_png(index, mode)), index)
+    # colours outside the palette: the image is refused, each colour named with its pixel count
+    colours[1, :3] = (10, 20, 30)
+    colours[0, 5] = np.array(voc_palette(6)[5], np.uint8)  # class 5's colour: not one of these 4 classes
+    with pytest.raises(UnknownLabelColour, match=r"\(10, 20, 30\) on 3 pixels, \(128, 0, 128\) on 1 pixels$"):
+        decode_label(_png(colours, "RGB"), palette)
+    many = np.arange(8 * 3, dtype=np.uint8).reshape(1, 8, 3)
+    with pytest.raises(UnknownLabelColour, match="and 3 more colours on 3 pixels"):
+        decode_label(_png(many, "RGB"), palette)
+    with pytest.raises(ValueError, match="got mode RGB"):  # without a palette (training) colours are refused
+        decode_label(_png(colours, "RGB"))
