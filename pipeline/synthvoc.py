@@ -240,6 +240,19 @@ def generate_voc(
     return list(SYNTH_CLASSES)
 
 
+def _size_arg(text: str) -> tuple[int, int]:
+    import argparse
+
+    parts = text.split(",")
+    try:
+        h, w = (int(v) for v in parts)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected H,W (two integers, e.g. 375,500), got {text!r}") from None
+    if h < 16 or w < 16:
+        raise argparse.ArgumentTypeError(f"H and W must be at least 16 pixels, got {text!r}")
+    return h, w
+
+
 def main(argv: list[str] | None = None) -> None:
     import argparse
 
@@ -250,13 +263,12 @@ def main(argv: list[str] | None = None) -> None:
                    "held-out test split (val only); overrides the sizes, seed and splits")
     p.add_argument("--train", type=int, default=20, help="train images")
     p.add_argument("--val", type=int, default=10, help="val images")
-    p.add_argument("--size", default="375,500", help="largest H,W")
+    p.add_argument("--size", type=_size_arg, default=(375, 500), help="largest H,W (default 375,500)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--max-objects", type=int, default=5)
     p.add_argument("--splits", default="train,val", help="splits to write, e.g. 'val' for the val images alone")
     args = p.parse_args(argv)
-    h, w = (int(v) for v in args.size.split(","))
-    sizes = dict(n_train=args.train, n_val=args.val, size=(h, w), seed=args.seed)
+    sizes = dict(n_train=args.train, n_val=args.val, size=args.size, seed=args.seed)
     splits = tuple(s for s in args.splits.split(",") if s)
     if args.preset:
         sizes, splits = PRESETS[args.preset]

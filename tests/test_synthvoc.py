@@ -6,9 +6,10 @@ import hashlib
 import os
 
 import numpy as np
+import pytest
 from PIL import Image
 
-from pipeline.synthvoc import SYNTH_CLASSES, generate_voc
+from pipeline.synthvoc import SYNTH_CLASSES, generate_voc, main
 
 
 def _digest(root):
@@ -84,7 +85,7 @@ def test_images_hold_small_and_large_objects_and_background_distractors(tmp_path
 
 
 def test_the_held_out_preset_shares_no_seed_or_image_with_the_training_preset(tmp_path, capsys):
-    from pipeline.synthvoc import DEMO_DATASET, HELDOUT_DATASET, main
+    from pipeline.synthvoc import DEMO_DATASET, HELDOUT_DATASET
 
     assert HELDOUT_DATASET["seed"] != DEMO_DATASET["seed"] and HELDOUT_DATASET["n_val"] >= 60
     main([str(tmp_path / "heldout"), "--preset", "heldout"])
@@ -96,3 +97,19 @@ def test_the_held_out_preset_shares_no_seed_or_image_with_the_training_preset(tm
     generate_voc(str(tmp_path / "demo"), **{**DEMO_DATASET, "n_train": 1, "n_val": 0}, splits=("train",))
     first = "JPEGImages/synth_00000.jpg"
     assert (tmp_path / "heldout" / first).read_bytes() != (tmp_path / "demo" / first).read_bytes()
+
+
+@pytest.mark.parametrize("size", ["320", "320,240,3", "a,b", "8,500", ""])
+def test_bad_size_is_an_argparse_error(tmp_path, capsys, size):
+    with pytest.raises(SystemExit) as info:
+        main([str(tmp_path / "x"), "--size", size])
+    assert info.value.code == 2
+    assert "argument --size:" in capsys.readouterr().err
+    assert not (tmp_path / "x").exists()
+
+
+def test_size_sets_the_largest_image(tmp_path):
+    main([str(tmp_path), "--train", "1", "--val", "1", "--size", "40,60"])
+    for path in (tmp_path / "JPEGImages").iterdir():
+        w, h = Image.open(path).size
+        assert 32 <= h <= 40 and 48 <= w <= 60
