@@ -2,7 +2,10 @@
 
 Every writer in the project (checkpoints, masks, Parquet parts, reports, caches)
 goes through :func:`atomic_write`, so a crash mid-write never leaves a half file
-that a later run would take for a finished one.
+that a later run would take for a finished one. A local file gets the mode a plain
+``open(path, "wb")`` gives it (0666 less the process's umask, or the folder's default
+ACL), so other users and services can read outputs on shared storage when the umask
+lets them.
 
 Storage fails transiently (a dropped connection, a timeout, an overloaded store):
 ``atomic_write`` retries such errors a bounded number of times with exponential
@@ -16,7 +19,7 @@ import errno
 import logging
 import os
 import random
-import tempfile
+import secrets
 import time
 from collections.abc import Callable
 from typing import TypeVar
@@ -113,7 +116,7 @@ def _write_once(fs, path: str, data: bytes) -> None:
     if isinstance(fs, LocalFileSystem):
         directory = os.path.dirname(os.path.abspath(path))
         os.makedirs(directory, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-")
+        fd, tmp = _create_temp(directory)
         try:
             with os.fdopen(fd, "wb") as f:
                 f.write(data)
@@ -128,6 +131,19 @@ def _write_once(fs, path: str, data: bytes) -> None:
     except BaseException:
         _discard_partial(fs, path, len(data))
         raise
+
+
+def _create_temp(directory: str) -> tuple[int, str]:
+    # Not tempfile.mkstemp: it creates files 0600 whatever the umask, and the rename keeps that mode.
+    # Opening with 0666 lets the kernel apply the umask (or the folder's default ACL) as open() does.
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0) | getattr(os, "O_CLOEXEC", 0)
+    for _ in range(100):
+        tmp = os.path.join(directory, f".tmp-{secrets.token_hex(8)}")
+        try:
+            return os.open(tmp, flags, 0o666), tmp
+        except FileExistsError:
+            continue
+    raise FileExistsError(errno.EEXIST, "no free temporary name", directory)
 
 
 def _discard_partial(fs, path: str, size: int) -> None:
