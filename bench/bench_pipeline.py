@@ -201,7 +201,8 @@ def pipeline_run(cfg: SegmentConfig, sample: bool = True) -> tuple[float, Sample
         t = time.perf_counter()
         summary = run(cfg)
         elapsed = time.perf_counter() - t
-    assert summary["written"] == summary["processed"] and summary["missing"] == 0, summary
+    last = summary["last_run"]
+    assert last["written"] == last["processed"] and last["missing"] == 0, summary
     return elapsed, sampler if sample else None, cpu
 
 

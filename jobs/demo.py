@@ -113,9 +113,10 @@ def main(args: argparse.Namespace) -> int:
     print("\n" + (report / "report.md").read_text())
     print(f"demo: done in {time.time() - start:.0f} s")
     print(f"  sample images + labels  {data}")
-    print(f"  PNG masks               {masks}/*.png ({summary['written']} written, {summary['errors']} errors)")
+    totals = summary["totals"]
+    print(f"  PNG masks               {masks}/*.png ({totals['masks']} masks, {totals['error_rows']} error rows)")
     print(f"  Parquet rows            {masks}/_parquet/")
-    print(f"  run summary             {masks}/_summary.json")
+    print(f"  run summary             {masks}/_summary.json (and _progress.json)")
     print(f"  evaluation report       {report}/report.md, report.json, per_class_iou.png")
     print(f"  overlay picture         {out}/overlay.png")
     return 0

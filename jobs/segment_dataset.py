@@ -9,7 +9,10 @@ On a cluster (or a local head started with ``ray start --head``)::
 On a laptop the same command without ``ray job submit --working-dir . --`` starts a
 local Ray. Writes ``<output>/<image_id stem>.png`` palette masks and/or
 ``<output>/_parquet/*.parquet`` rows, ``<output>/_errors/*.parquet`` for inputs that
-failed, and ``<output>/_summary.json``. Rerunning skips what is already written.
+failed, ``<output>/_progress.json`` while it runs (every ``--progress-interval``
+seconds, with the same line in the log) and ``<output>/_summary.json`` (the folder's
+totals over all runs, and this run's counts). Rerunning skips what is already written.
+Exit codes: 0 done, 1 inputs missing from the output after the run, 2 bad arguments.
 """
 
 from __future__ import annotations
@@ -61,6 +64,13 @@ def get_args_parser() -> argparse.ArgumentParser:
         help="comma-separated suffixes listed from folders/URLs ('' = every file)",
     )
     p.add_argument("--write-batch-size", type=int, default=64, help="rows per Parquet part file")
+    p.add_argument(
+        "--progress-interval",
+        type=float,
+        default=SegmentConfig.progress_interval,
+        help="seconds between rewrites of <output>/_progress.json (done/total, errors, images/s, ETA) and the "
+        "same line in the log (default 30)",
+    )
     add_proposal_args(p)
     add_inference_args(p)
     add_crf_args(p)
@@ -124,6 +134,7 @@ def config_from_args(args: argparse.Namespace) -> SegmentConfig:
         crf_actors=args.crf_actors,
         object_store_mb=args.object_store_mb,
         task_retries=args.task_retries,
+        progress_interval=args.progress_interval,
     )
 
 
@@ -137,12 +148,17 @@ def main(args: argparse.Namespace) -> int:
         print(f"segment_dataset: error: {exc}", file=sys.stderr)
         return 2
     summary = run(cfg, plan)
+    last, totals = summary["last_run"], summary["totals"]
     print(
-        f"segment_dataset: {summary['processed']} images processed ({summary['written']} written, "
-        f"{summary['errors']} errors, {summary['skipped_existing']} skipped as existing) in {summary['seconds']:.1f} s, "
-        f"{summary['images_per_second'] or 0:.2f} images/s -> {cfg.output}"
+        f"segment_dataset: {last['processed']} images processed ({last['written']} written, "
+        f"{last['errors']} errors, {last['skipped_existing']} skipped as existing) in {last['seconds']:.1f} s, "
+        f"{last['images_per_second'] or 0:.2f} images/s -> {cfg.output}"
     )
-    return 1 if summary["missing"] or summary["duplicates"] else 0
+    print(
+        f"segment_dataset: output {'complete' if summary['complete'] else 'INCOMPLETE'}: {totals['done']} of "
+        f"{totals['inputs']} inputs done ({totals['error_rows']} error rows), {totals['missing']} missing"
+    )
+    return 1 if last["missing"] or last["duplicates"] or totals["missing"] else 0
 
 
 if __name__ == "__main__":

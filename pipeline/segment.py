@@ -7,7 +7,7 @@
       -> Segmenter (crop, DeconvNet, max-aggregate, FCN)   GPU actors
       -> CRFStage (class-pruned dense CRF)                 CPU actors
       -> write_outputs (PNG / Parquet / _errors)           CPU tasks
-    -> _summary.json (driver)
+    -> _progress.json while it runs, _summary.json at the end (driver)
 
 That is the "split" layout, used with GPUs. Without GPUs the "fused" layout runs
 decode, proposals, model and CRF of each image in one CPU actor (``FusedStage``, one
@@ -29,12 +29,13 @@ import math
 import time
 import warnings
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from models import read_checkpoint_meta
 from pipeline.proposals import ProposalGenerator
 from pipeline.segment_config import SegmentConfig
 from pipeline.sources import (
+    PROGRESS_FILE,
     SUMMARY_FILE,
     assign_outputs,
     check_output_location,
@@ -42,6 +43,8 @@ from pipeline.sources import (
     join,
     list_inputs,
     mark_pending,
+    output_totals,
+    scan_output,
     url_to_fs,
 )
 
@@ -77,6 +80,7 @@ class Plan:
     checkpoint_id: str | None
     fcn_checkpoint_id: str | None
     model_bytes: int = 0  # size of the checkpoints the model stage loads
+    items: list[dict] = field(default_factory=list)  # every listed input (todo and skipped)
 
 
 def prepare(cfg: SegmentConfig) -> Plan:
@@ -121,6 +125,7 @@ def prepare(cfg: SegmentConfig) -> Plan:
         checkpoint_id=metas["deconvnet"].checkpoint_id if "deconvnet" in metas else None,
         fcn_checkpoint_id=metas["fcn"].checkpoint_id if "fcn" in metas else None,
         model_bytes=sum(m.file_bytes for m in metas.values()),
+        items=items,
     )
 
 
@@ -362,9 +367,14 @@ def run(cfg: SegmentConfig, plan: Plan | None = None) -> dict:
     """Label every input of ``cfg`` (starting a local Ray if none is running); return the summary.
 
     ``plan`` is ``prepare(cfg)``'s result when the caller already checked the arguments.
+    While the chain runs, ``_progress.json`` is rewritten every ``cfg.progress_interval``
+    seconds (``pipeline.progress``). At the end ``_summary.json`` describes the output
+    folder as a whole (``totals``, over every run that wrote to it) and this run
+    (``last_run``).
     """
     import ray
 
+    from pipeline.progress import ProgressReporter
     from pipeline.ray_session import ensure_ray
 
     start = time.time()
@@ -374,13 +384,18 @@ def run(cfg: SegmentConfig, plan: Plan | None = None) -> dict:
     statuses: Counter[str] = Counter()
     seen: set[str] = set()
     duplicates = 0
+    progress = ProgressReporter(
+        join(cfg.output, PROGRESS_FILE), len(plan.todo), skipped=plan.n_skipped, interval=cfg.progress_interval
+    )
     try:
-        if plan.todo:
-            for batch in build_dataset(cfg, plan, res).iter_batches(batch_size=256, batch_format="numpy"):
-                for image_id, status in zip(batch["image_id"], batch["status"]):
-                    duplicates += image_id in seen
-                    seen.add(str(image_id))
-                    statuses[str(status)] += 1
+        with progress:
+            if plan.todo:
+                for batch in build_dataset(cfg, plan, res).iter_batches(batch_size=None, batch_format="numpy"):
+                    for image_id, status in zip(batch["image_id"], batch["status"]):
+                        duplicates += image_id in seen
+                        seen.add(str(image_id))
+                        statuses[str(status)] += 1
+                    progress.add(batch["status"])
     except Exception as exc:
         exc.add_note(
             f"segment_dataset: stopped after {len(seen)} of {len(plan.todo)} images. What was written is complete, "
@@ -392,17 +407,23 @@ def run(cfg: SegmentConfig, plan: Plan | None = None) -> dict:
     elapsed = time.time() - start
     processed = sum(statuses.values())
     errors = processed - statuses.get("ok", 0)
+    totals = output_totals(scan_output(cfg.output, cfg.formats), plan.items, cfg.formats)
     summary = {
-        "inputs": plan.n_inputs,
-        "skipped_existing": plan.n_skipped,
-        "processed": processed,
-        "written": statuses.get("ok", 0),
-        "errors": errors,
-        "error_classes": {k: v for k, v in sorted(statuses.items()) if k != "ok"},
-        "missing": len({i["image_id"] for i in plan.todo} - seen),
-        "duplicates": duplicates,
-        "seconds": round(elapsed, 3),
-        "images_per_second": round(processed / elapsed, 3) if elapsed > 0 else None,
+        "complete": totals["missing"] == 0,
+        "totals": totals,
+        "last_run": {
+            "inputs": plan.n_inputs,
+            "skipped_existing": plan.n_skipped,
+            "processed": processed,
+            "written": statuses.get("ok", 0),
+            "errors": errors,
+            "error_classes": {k: v for k, v in sorted(statuses.items()) if k != "ok"},
+            "missing": len({i["image_id"] for i in plan.todo} - seen),
+            "duplicates": duplicates,
+            "seconds": round(elapsed, 3),
+            "images_per_second": round(processed / elapsed, 3) if elapsed > 0 else None,
+            "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        },
         "input": cfg.input,
         "input_root": plan.input_root,
         "output": cfg.output,
@@ -412,7 +433,6 @@ def run(cfg: SegmentConfig, plan: Plan | None = None) -> dict:
         "config_hash": cfg.config_hash(),
         "config": dataclasses.asdict(cfg),
         "resources": dataclasses.asdict(res),
-        "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
     from pipeline.writers import atomic_write
 

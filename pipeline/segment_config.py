@@ -68,6 +68,7 @@ class SegmentConfig:
     # Ray retries of a task / actor call whose process died (lost node, OOM kill, crash);
     # bounded so that an input that kills its worker every time fails the job, not hangs it.
     task_retries: int = 3
+    progress_interval: float = 30.0  # seconds between rewrites of <output>/_progress.json and its driver-log line
 
     @property
     def formats(self) -> tuple[str, ...]:
@@ -96,6 +97,8 @@ class SegmentConfig:
                 raise ValueError(f"{name} must be >= 1")
         if self.task_retries < 0:
             raise ValueError("task_retries must be >= 0")
+        if not self.progress_interval > 0:
+            raise ValueError("progress_interval must be > 0 (seconds)")
         if self.inference.micro_batch < 1:
             raise ValueError("micro_batch must be >= 1")
 

@@ -18,13 +18,15 @@ import csv
 import io
 import posixpath
 import re
+from collections import Counter
+from dataclasses import dataclass
 
 import fsspec
 from fsspec.implementations.local import LocalFileSystem
 
 MANIFEST_SUFFIXES = (".txt", ".lst", ".csv", ".parquet")
-RESERVED = ("_parquet", "_errors", "_summary.json")  # top-level names the job writes itself
-PARQUET_DIR, ERRORS_DIR, SUMMARY_FILE = RESERVED
+RESERVED = ("_parquet", "_errors", "_summary.json", "_progress.json")  # top-level names the job writes itself
+PARQUET_DIR, ERRORS_DIR, SUMMARY_FILE, PROGRESS_FILE = RESERVED
 
 
 def url_to_fs(url: str):
@@ -208,14 +210,28 @@ def assign_outputs(items: list[dict]) -> list[dict]:
     return items
 
 
-def existing_results(output: str, formats: tuple[str, ...]) -> set[str]:
-    """Image ids (and mask keys, prefixed ``mask:``) that a previous run already finished."""
+@dataclass
+class OutputScan:
+    """What an output folder holds, whichever runs wrote it."""
+
+    rows: dict[str, list[tuple[str, str]]]  # PARQUET_DIR / ERRORS_DIR -> (image_id, status) of each row
+    masks: set[str] | None  # mask keys of the PNGs present; None when PNGs were not looked for
+
+    def done(self) -> set[str]:
+        """Image ids per row folder (``_parquet:<id>``, ``_errors:<id>``) and mask keys (``mask:<key>``)."""
+        done = {f"{name}:{image_id}" for name, rows in self.rows.items() for image_id, _ in rows}
+        return done | {f"mask:{key}" for key in self.masks or ()}
+
+
+def scan_output(output: str, formats: tuple[str, ...]) -> OutputScan:
+    """The rows of every Parquet part under ``output`` (id and status) and, with ``png``, its masks."""
     fs, root = url_to_fs(output)
     root = root.rstrip("/")
     fs.invalidate_cache()  # object-store listings are cached per process; a rerun must see new files
+    rows: dict[str, list[tuple[str, str]]] = {PARQUET_DIR: [], ERRORS_DIR: []}
+    masks: set[str] | None = set() if "png" in formats else None
     if not fs.exists(root):
-        return set()
-    done: set[str] = set()
+        return OutputScan(rows, masks)
     for name in (PARQUET_DIR, ERRORS_DIR):
         folder = join(root, name)
         if fs.exists(folder):
@@ -223,14 +239,40 @@ def existing_results(output: str, formats: tuple[str, ...]) -> set[str]:
 
             for part in fs.find(folder):
                 if part.endswith(".parquet") and not posixpath.basename(part).startswith("."):
-                    ids = pq.read_table(part, columns=["image_id"], filesystem=fs).column("image_id").to_pylist()
-                    done.update(f"{name}:{i}" for i in ids)
-    if "png" in formats:
+                    table = pq.read_table(part, columns=["image_id", "status"], filesystem=fs)
+                    rows[name] += zip(table.column("image_id").to_pylist(), table.column("status").to_pylist())
+    if masks is not None:
         for p in fs.find(root):
             rel = _relative(p, root)
             if rel.endswith(".png") and not _is_hidden(rel) and rel.split("/")[0] not in RESERVED:
-                done.add(f"mask:{rel}")
-    return done
+                masks.add(rel)
+    return OutputScan(rows, masks)
+
+
+def existing_results(output: str, formats: tuple[str, ...]) -> set[str]:
+    """Image ids (and mask keys, prefixed ``mask:``) that a previous run already finished."""
+    return scan_output(output, formats).done()
+
+
+def output_totals(scan: OutputScan, items: list[dict], formats: tuple[str, ...]) -> dict:
+    """The output folder as a whole, over every run that wrote to it.
+
+    ``inputs``: the items listed (by the last run); ``done``: those with every requested
+    output or an error row; ``missing``: the others. ``ok_rows``: Parquet rows with status
+    ``ok``; ``error_rows`` and ``error_classes``: rows under ``_errors/``; ``masks``: mask
+    PNGs present (None when PNGs are not a requested format).
+    """
+    done = scan.done()
+    n_done = sum(is_done(item, done, formats) for item in items)
+    return {
+        "inputs": len(items),
+        "done": n_done,
+        "missing": len(items) - n_done,
+        "ok_rows": sum(status == "ok" for _, status in scan.rows[PARQUET_DIR]),
+        "error_rows": len(scan.rows[ERRORS_DIR]),
+        "error_classes": dict(sorted(Counter(status for _, status in scan.rows[ERRORS_DIR]).items())),
+        "masks": None if scan.masks is None else len(scan.masks),
+    }
 
 
 def mark_pending(items: list[dict], done: set[str], formats: tuple[str, ...]) -> list[dict]:

@@ -199,8 +199,14 @@ def assert_every_input_once(out: dict, expected: dict[str, str]) -> None:
 def test_hostile_bucket_gives_every_input_exactly_once(baseline, bucket):
     root, summary, out = baseline
     _, expected = bucket
-    assert (summary["inputs"], summary["processed"]) == (len(expected), len(expected))
-    assert summary["missing"] == summary["duplicates"] == 0
+    last, totals = summary["last_run"], summary["totals"]
+    assert (last["inputs"], last["processed"]) == (len(expected), len(expected))
+    assert last["missing"] == last["duplicates"] == 0
+    n_errors = sum(s != "ok" for s in expected.values())
+    assert (totals["inputs"], totals["done"], totals["missing"], summary["complete"]) == (len(expected),) * 2 + (0, True)
+    assert (totals["ok_rows"], totals["error_rows"]) == (len(expected) - n_errors, n_errors) == (
+        last["written"], last["errors"])
+    assert totals["error_classes"] == last["error_classes"]
     assert_every_input_once(out, expected)
     rows = out["_parquet"]
     for image_id, row in rows.items():
@@ -228,13 +234,16 @@ def test_flaky_store_gets_every_file_whole(baseline, bucket):
     assert not [p for p in files if p.name.startswith(".")]  # no temporary file left
     assert {p.parent.name for p in files if p.suffix == ".parquet"} == {"_parquet", "_errors"}
     others = {p.relative_to(root).as_posix() for p in files if p.suffix != ".parquet"}
-    assert others == set(out["masks"]) | {"_summary.json"} and len(out["masks"]) == summary["written"]
-    for p in files:
-        assert FlakyFileSystem.attempts(f"flaky://{p}") == 2, p  # dropped once (half written), then whole
+    assert others == set(out["masks"]) | {"_summary.json", "_progress.json"}
+    assert len(out["masks"]) == summary["last_run"]["written"] == summary["totals"]["masks"]
+    for p in files:  # dropped once (half written), then whole; the progress record is rewritten, once per record
+        attempts = FlakyFileSystem.attempts(f"flaky://{p}")
+        assert attempts >= 2 if p.name == "_progress.json" else attempts == 2, p
     for image_id, row in out["_parquet"].items():  # each mask file holds every byte of its mask
         if row["status"] == "ok":
             assert (root / (os.path.splitext(image_id)[0] + ".png")).read_bytes() == row["mask_png"]
-    assert json.loads((root / "_summary.json").read_text())["inputs"] == len(bucket[1])
+    assert json.loads((root / "_summary.json").read_text())["totals"]["inputs"] == len(bucket[1])
+    assert json.loads((root / "_progress.json").read_text())["state"] == "finished"
 
 
 def test_decoded_pixels_of_unusual_formats(bucket):
@@ -316,7 +325,8 @@ def test_killed_model_actor_and_write_task_change_nothing(baseline, bucket, ckpt
     with armed(fault_dir, model_batch={"kill_at_call": 2}, write_rows={"kill_at_call": 2}) as kills:
         summary = run(killed_cfg)
     assert kills == {"model_batch": 1, "write_rows": 1}
-    assert summary["missing"] == summary["duplicates"] == 0 and summary["processed"] == len(expected)
+    last = summary["last_run"]
+    assert last["missing"] == last["duplicates"] == 0 and last["processed"] == len(expected)
     got = outputs(tmp_path / "out")
     assert_every_input_once(got, expected)
     assert_same_outputs(got, want)
@@ -394,9 +404,12 @@ def test_job_killed_part_way_then_rerun_equals_an_uninterrupted_run(baseline, bu
     spec.loader.exec_module(job)
     assert job.main(job.get_args_parser().parse_args(argv)) == 0
     summary = json.loads((out / "_summary.json").read_text())
-    assert summary["skipped_existing"] > 0 and summary["processed"] > 0, summary
-    assert summary["skipped_existing"] + summary["processed"] == summary["inputs"] == len(expected)
-    assert summary["missing"] == summary["duplicates"] == 0
+    last = summary["last_run"]
+    assert last["skipped_existing"] > 0 and last["processed"] > 0, summary
+    assert last["skipped_existing"] + last["processed"] == last["inputs"] == len(expected)
+    assert last["missing"] == last["duplicates"] == 0
+    # The folder as a whole: both runs' rows, every input done.
+    assert summary["complete"] and summary["totals"]["done"] == summary["totals"]["inputs"] == len(expected)
     got = outputs(out)
     assert_every_input_once(got, expected)
     assert_same_outputs(got, want)

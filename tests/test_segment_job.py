@@ -40,7 +40,7 @@ def test_ray_job_submit_runs_the_job(tmp_path, ray_head):
     assert "succeeded" in text.lower(), text[-4000:]
     assert "segment_dataset: 3 images processed (2 written, 1 errors" in text, text[-4000:]
     summary = json.loads((out / "_summary.json").read_text())
-    assert (summary["inputs"], summary["written"], summary["errors"]) == (3, 2, 1)
+    assert (summary["last_run"]["inputs"], summary["last_run"]["written"], summary["last_run"]["errors"]) == (3, 2, 1)
     assert summary["resources"]["object_store_bytes"] == 96 * 2**20
     assert summary["resources"]["layout"] == "fused" and summary["resources"]["fused_actors"] >= 1  # no GPUs
     assert (out / "one.png").is_file() and (out / "nested" / "two.png").is_file()

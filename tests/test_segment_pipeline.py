@@ -98,10 +98,11 @@ def test_end_to_end_both_formats(first_run):
     for s in expected.values():
         if s != "ok":
             errors[s] = errors.get(s, 0) + 1
-    assert summary["inputs"] == summary["processed"] == len(expected)
-    assert (summary["written"], summary["errors"], summary["skipped_existing"]) == (n_ok, len(expected) - n_ok, 0)
-    assert summary["error_classes"] == errors and summary["missing"] == summary["duplicates"] == 0
-    assert json.load(open(os.path.join(out, "_summary.json")))["written"] == n_ok
+    last = summary["last_run"]
+    assert last["inputs"] == last["processed"] == len(expected)
+    assert (last["written"], last["errors"], last["skipped_existing"]) == (n_ok, len(expected) - n_ok, 0)
+    assert last["error_classes"] == errors and last["missing"] == last["duplicates"] == 0
+    assert json.load(open(os.path.join(out, "_summary.json")))["last_run"]["written"] == n_ok
 
     rows = pq.read_table(os.path.join(out, "_parquet"))
     assert rows.schema.equals(RESULT_SCHEMA)
@@ -150,12 +151,18 @@ def test_ray_result_equals_in_process_reference(first_run):
 
 def test_rerun_skips_existing_and_restores_only_what_is_missing(first_run):
     cfg, _, expected, _ = first_run
+    n_errors = sum(s != "ok" for s in expected.values())
     again = run(cfg)
-    assert (again["processed"], again["skipped_existing"]) == (0, len(expected))
+    assert (again["last_run"]["processed"], again["last_run"]["skipped_existing"]) == (0, len(expected))
+    # A rerun that resumed everything still describes the whole folder: nothing processed, all done.
+    totals = again["totals"]
+    assert again["complete"] and (totals["inputs"], totals["done"], totals["missing"]) == (len(expected),) * 2 + (0,)
+    assert (totals["ok_rows"], totals["error_rows"], totals["masks"]) == (len(expected) - n_errors, n_errors, len(expected) - n_errors)
+    assert json.load(open(os.path.join(cfg.output, "_progress.json")))["state"] == "finished"
     victim = os.path.join(cfg.output, "sub", "c.png")
     before = _png(victim)
     os.remove(victim)
-    third = run(cfg)
+    third = run(cfg)["last_run"]
     assert (third["processed"], third["written"], third["skipped_existing"]) == (1, 1, len(expected) - 1)
     np.testing.assert_array_equal(_png(victim), before)
     ids = pq.read_table(os.path.join(cfg.output, "_parquet")).column("image_id").to_pylist()
@@ -220,11 +227,11 @@ def test_s3_input_and_output_png_only(tmp_path, ckpts, ray_session, s3_server):
         "s3://bucket-in/images/two.png",
         "s3://bucket-in/images/x/one.jpg",
     ]
-    summary = run(cfg)
-    assert (summary["processed"], summary["written"], summary["errors"]) == (3, 2, 1)
+    last = run(cfg)["last_run"]
+    assert (last["processed"], last["written"], last["errors"]) == (3, 2, 1)
     fs.invalidate_cache()
     names = sorted(p.split("bucket-out/run1/", 1)[1] for p in fs.find("bucket-out/run1"))
-    assert [n for n in names if not n.startswith("_errors/")] == ["_summary.json", "two.png", "x/one.png"]
+    assert [n for n in names if not n.startswith("_errors/")] == ["_progress.json", "_summary.json", "two.png", "x/one.png"]
     assert not any(n.startswith("_parquet") for n in names)
     ref = reference_results(cfg, items)
     for image_id, size in {"x/one.jpg": (64, 72), "two.png": (70, 60)}.items():
@@ -234,4 +241,9 @@ def test_s3_input_and_output_png_only(tmp_path, ckpts, ray_session, s3_server):
         assert mask.shape == size
         np.testing.assert_array_equal(mask, ref[image_id]["mask"])
     assert ref["broken.jpg"]["status"] != "ok"
-    assert run(cfg)["processed"] == 0  # skip-existing works on object stores too
+    again = run(cfg)
+    assert again["last_run"]["processed"] == 0  # skip-existing works on object stores too
+    assert again["complete"] and again["totals"] == {
+        "inputs": 3, "done": 3, "missing": 0, "ok_rows": 0, "error_rows": 1,
+        "error_classes": {ref["broken.jpg"]["status"]: 1}, "masks": 2,
+    }

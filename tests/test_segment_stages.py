@@ -148,9 +148,9 @@ def test_skip_existing_per_format(tmp_path):
     items = assign_outputs([{"image_id": i, "path": i} for i in ["a.jpg", "b.jpg", "c.jpg", "d.jpg"]])
     write_images(tmp_path, {"a.png": (4, 4), "b.png": (4, 4)})  # masks of a and b
     (tmp_path / "_parquet").mkdir()
-    pq.write_table(pa.table({"image_id": ["a.jpg", "c.jpg"]}), tmp_path / "_parquet" / "part-1.parquet")
+    pq.write_table(pa.table({"image_id": ["a.jpg", "c.jpg"], "status": ["ok", "ok"]}), tmp_path / "_parquet" / "part-1.parquet")
     (tmp_path / "_errors").mkdir()
-    pq.write_table(pa.table({"image_id": ["d.jpg"]}), tmp_path / "_errors" / "part-2.parquet")
+    pq.write_table(pa.table({"image_id": ["d.jpg"], "status": ["OSError"]}), tmp_path / "_errors" / "part-2.parquet")
 
     def pending(formats):
         todo = mark_pending([dict(i) for i in items], existing_results(str(tmp_path), formats), formats)
