@@ -40,6 +40,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from pipeline.ray_session import disable_usage_stats
 from pipeline.reference import stage_steps
 from pipeline.segment import prepare, run
 from pipeline.segment_config import SegmentConfig
@@ -248,6 +249,7 @@ def main() -> None:
         one_core, _, _ = sequential(profile_cfg, args.profile_images or None)
         torch.set_num_threads(threads)
 
+        disable_usage_stats()
         ray.init(num_cpus=args.cpus, include_dashboard=False, log_to_driver=False)
         # Warm-up: the first dataset of a Ray session also pays for starting worker processes
         # and importing torch in them; later runs reuse those workers. Every timed run is warm.

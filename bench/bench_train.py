@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from common import print_table
 
 from models import FCN, DeconvNet
+from pipeline.ray_session import disable_usage_stats
 
 FORMATS = {"NCHW": torch.contiguous_format, "NHWC": torch.channels_last}
 
@@ -71,6 +72,7 @@ def with_ray(widths: list[float], iterations: int) -> None:
     from pipeline.train_config import TrainConfig
     from pipeline.train_run import run_training, stage_metrics
 
+    disable_usage_stats()
     ray.init(address="local", num_cpus=2, include_dashboard=False)
     rows = []
     with tempfile.TemporaryDirectory() as tmp:

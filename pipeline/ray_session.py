@@ -21,12 +21,28 @@ def add_ray_address_arg(p: argparse.ArgumentParser) -> None:
     )
 
 
+def disable_usage_stats() -> None:
+    """Keep a Ray that this process starts from reporting usage statistics to Ray's server.
+
+    Ray's dashboard otherwise posts them over the internet about a minute after start, so a
+    job on a machine without internet (or that must open no connection of its own) would try
+    to. ``RAY_USAGE_STATS_ENABLED`` is read by the processes ``ray.init`` starts (they inherit
+    this environment); a user who sets it to 1 keeps their choice. A cluster started with
+    ``ray start`` decides for itself (``--disable-usage-stats``, as ``pipeline.local_head`` does).
+    """
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+
+
 def ensure_ray(address: str | None = None) -> None:
-    """Connect to ``address``, else ``$RAY_ADDRESS``, else start a local Ray; no-op when connected."""
+    """Connect to ``address``, else ``$RAY_ADDRESS``, else start a local Ray; no-op when connected.
+
+    A local Ray started here reports no usage statistics (:func:`disable_usage_stats`).
+    """
     import ray
 
     if ray.is_initialized():
         return
+    disable_usage_stats()
     if address is None and not os.environ.get("RAY_ADDRESS"):
         address = "local"
     ray.init(address=address)

@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import pytest
 
+from pipeline.ray_session import disable_usage_stats
 from pipeline.synthvoc import generate_voc
+
+# Every Ray the tests start (ray.init, ray.cluster_utils) reports no usage statistics.
+disable_usage_stats()
 
 
 @pytest.fixture(scope="session")

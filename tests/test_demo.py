@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -48,9 +50,13 @@ def test_committed_checkpoints_load_and_fit_in_10_mb():
 @pytest.mark.slow
 def test_make_demo_labels_the_sample_bucket_and_matches_the_model_card(tmp_path):
     out = tmp_path / "demo"
-    done = subprocess.run(
-        ["make", "demo", f"DEMO_OUT={out}"], cwd=REPO, capture_output=True, text=True, check=False, timeout=1200
-    )
+    # The Makefile's own recipe, hermetic: this test's interpreter (PY=...), never an install (-o: the
+    # venv's stamp counts as up to date), and a private Ray head even if the caller has a cluster.
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
+    make = ["make", "-o", ".venv/.installed-stamp", "demo", f"PY={sys.executable}", f"DEMO_OUT={out}"]
+    dry = subprocess.run([*make, "--dry-run"], cwd=REPO, env=env, capture_output=True, text=True, check=True)
+    assert "pip install" not in dry.stdout and dry.stdout.startswith(sys.executable), dry.stdout
+    done = subprocess.run(make, cwd=REPO, env=env, capture_output=True, text=True, check=False, timeout=1200)
     text = done.stdout + done.stderr
     assert done.returncode == 0, text[-5000:]
     n = DEMO_DATASET["n_val"]

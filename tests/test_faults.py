@@ -45,6 +45,7 @@ import pyarrow.parquet as pq
 import pytest
 import ray
 import torch
+from botocore.exceptions import EndpointConnectionError
 from PIL import Image
 from segment_fixtures import (
     NON_UTF8_NAME,
@@ -418,15 +419,11 @@ def test_job_killed_part_way_then_rerun_equals_an_uninterrupted_run(baseline, bu
 # --- failing storage --------------------------------------------------------------------------------------
 
 
-class EndpointConnectionError(Exception):
-    """Named like botocore's: not an OSError, recognised by name."""
-
-
 def test_transient_and_permanent_errors_are_told_apart():
     assert is_transient(ConnectionResetError(errno.ECONNRESET, "reset"))
     assert is_transient(TimeoutError("slow"))
     assert is_transient(OSError(errno.EIO, "I/O error"))
-    assert is_transient(EndpointConnectionError("could not connect"))
+    assert is_transient(EndpointConnectionError(endpoint_url="https://s3.example.invalid"))
     for exc in (
         PermissionError(errno.EACCES, "denied"),
         FileNotFoundError(errno.ENOENT, "no parent"),
@@ -454,11 +451,11 @@ def test_atomic_write_retries_and_never_leaves_a_partial_file(tmp_path, monkeypa
     assert FlakyFileSystem.attempts(url) == 5
     assert any("gave up after 5 attempts" in note for note in info.value.__notes__)
     assert not (tmp_path / "out" / "b.bin").exists()
-    (tmp_path / "file").write_bytes(b"x")
-    start = time.time()
-    with pytest.raises((NotADirectoryError, FileExistsError)):  # permanent: not retried
-        atomic_write(str(tmp_path / "file" / "c.bin"), data)
-    assert time.time() - start < 0.2
+    (tmp_path / "file").write_bytes(b"x")  # a file where the folder should be: a permanent error
+    url = f"flaky://{tmp_path}/file/c.bin"
+    with pytest.raises((NotADirectoryError, FileExistsError)):
+        atomic_write(url, data)
+    assert FlakyFileSystem.attempts(url) == 1  # not retried
 
 
 # --- security ---------------------------------------------------------------------------------------------
@@ -521,6 +518,65 @@ def test_checkpoints_and_configs_never_fetch_anything(tmp_path, ckpts):
     system = tuple(os.path.realpath(p) for p in {sys.prefix, sys.base_prefix, str(REPO), "/proc", "/sys", "/dev"})
     data_files = {p for p in report["opened"] if not os.path.realpath(p).startswith(system)}
     assert data_files == {ckpt, ckpts[1]}  # the two checkpoints it was given, nothing else (no cache, no config)
+
+
+RAY_START_PROBE = r"""
+import ipaddress, json, os, sys
+connected = []
+
+def audit(event, args):
+    if event == "socket.connect" and isinstance(args[1], tuple):
+        connected.append(args[1][0])
+
+sys.addaudithook(audit)
+import ray
+
+if sys.argv[1] == "job":
+    from pipeline.ray_session import ensure_ray
+
+    ensure_ray()  # no address, no $RAY_ADDRESS: what a job run directly does, a private local Ray
+else:  # what the multi-node tests start (ray.cluster_utils does not turn usage stats off by itself)
+    import conftest  # noqa: F401
+    from ray.cluster_utils import Cluster
+
+    cluster = Cluster(initialize_head=True, connect=True, head_node_args={"num_cpus": 1})
+own = {ray.util.get_node_ip_address()}
+children = []
+for pid in filter(str.isdigit, os.listdir("/proc")):
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+        if ppid == os.getpid():
+            with open(f"/proc/{pid}/environ", "rb") as f:
+                env = dict(v.split(b"=", 1) for v in f.read().split(b"\0") if b"=" in v)
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                name = f.read().replace(b"\0", b" ")[:200].decode()
+            children.append({"cmd": name, "usage_stats": env.get(b"RAY_USAGE_STATS_ENABLED", b"").decode()})
+    except (FileNotFoundError, ProcessLookupError):
+        pass
+ray.shutdown()
+if sys.argv[1] != "job":
+    cluster.shutdown()
+remote = sorted({a for a in connected if a not in own and not ipaddress.ip_address(a).is_loopback})
+print(json.dumps({"remote": remote, "children": children}))
+"""
+
+
+@pytest.mark.parametrize("starter", ["job", "test-cluster"])
+def test_every_ray_the_project_starts_turns_off_usage_stats(tmp_path, starter):
+    # Ray's dashboard posts usage statistics to Ray's server about a minute after start unless told
+    # not to; every process of a Ray that a job (or a test) starts must carry the opt-out, and the
+    # driver itself connects only to this machine.
+    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "RAY_USAGE_STATS_ENABLED")}
+    env["PYTHONPATH"] = os.pathsep.join([str(TESTS), str(REPO)])
+    done = subprocess.run([sys.executable, "-c", RAY_START_PROBE, starter], env=env, capture_output=True,
+                          text=True, timeout=240, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    report = json.loads(done.stdout.strip().splitlines()[-1])
+    assert report["remote"] == []
+    names = " ".join(c["cmd"] for c in report["children"])
+    assert "gcs_server" in names and "dashboard" in names, report  # Ray's own processes, started by the job
+    assert all(c["usage_stats"] == "0" for c in report["children"]), report
 
 
 def test_pickle_checkpoint_is_refused_before_any_work(tmp_path, ckpts):
