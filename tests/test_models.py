@@ -244,11 +244,15 @@ def test_fcn_chain_init_computes_what_the_coarser_net_did():
     x = torch.randn(1, 3, 96, 128)
     # Skip scores start at zero, so each finer net first reproduces its coarser parent
     # up to the different bilinear upsampling of the same coarse map.
-    ref = F.interpolate(f32.score_fr(f32.fc7(f32.fc6(f32.features(x)))), scale_factor=32, mode="bilinear")
-    for net in (f16, f8):
-        assert net(x).shape == (1, 3, 96, 128)
-        assert torch.corrcoef(torch.stack([net(x).flatten(), f32(x).flatten()]))[0, 1] > 0.95
-    assert ref.abs().sum() > 0
+    assert torch.count_nonzero(f16.score_pool4.weight) == torch.count_nonzero(f8.score_pool3.weight) == 0
+    with torch.no_grad():
+        ref = f32(x)
+        assert ref.shape == (1, 3, 96, 128) and ref.std() > 0 and len(ref.argmax(1).unique()) > 1
+        for net in (f16, f8):
+            out = net(x)
+            assert out.shape == ref.shape
+            assert torch.corrcoef(torch.stack([out.flatten(), ref.flatten()]))[0, 1] > 0.95
+            assert (out.argmax(1) == ref.argmax(1)).float().mean() > 0.9
     with pytest.raises(ValueError):
         f32.init_from_coarser(f8)
 

@@ -25,6 +25,7 @@ def test_paper_settings_find_the_objects():
     boxes, scores = ProposalGenerator()(_scene())
     assert 0 < len(boxes) <= 50 and boxes.dtype == np.float32
     assert np.all(np.diff(scores) <= 0)  # best first
+    assert len(scores) >= 2 and scores[0] > scores[-1] > 0  # EdgeBoxes' own scores, not a fallback of ones
     tight = enlarge_boxes(boxes, 1 / 1.2)
     assert np.all(np.minimum(tight[:, 2] - tight[:, 0], tight[:, 3] - tight[:, 1]) >= 112 - 1e-3)
 

@@ -17,14 +17,19 @@ import ray
 from PIL import Image
 from segment_fixtures import NUM_CLASSES, free_port, make_checkpoints, tiny_config, write_images, write_odd_inputs
 
-from models import voc_palette
 from pipeline.crf import CRFConfig
 from pipeline.reference import reference_results
 from pipeline.segment import BLOCK_ROWS, FUSED_BLOCK_ROWS, build_dataset, prepare, run, stage_resources
 from pipeline.segmenter import InferenceConfig
-from pipeline.writers import ERROR_SCHEMA, RESULT_SCHEMA
 
 pytestmark = pytest.mark.slow
+
+# The published output format, written out here rather than imported, so that a change to it fails a test.
+RESULT_COLUMNS = [
+    "image_id", "source", "height", "width", "status", "error", "mask_png", "classes", "uncertainty",
+    "checkpoint_id", "fcn_checkpoint_id", "config_hash",
+]
+VOC_COLOURS = [[0, 0, 0], [128, 0, 0], [0, 128, 0], [128, 128, 0], [0, 0, 128], [128, 0, 128], [0, 128, 128]]
 
 GOOD = {"a.jpg": (64, 80), "b.png": (96, 64), "sub/c.jpg": (72, 72), "sub/deeper/d.png": (80, 100)}
 
@@ -105,15 +110,17 @@ def test_end_to_end_both_formats(first_run):
     assert json.load(open(os.path.join(out, "_summary.json")))["last_run"]["written"] == n_ok
 
     rows = pq.read_table(os.path.join(out, "_parquet"))
-    assert rows.schema.equals(RESULT_SCHEMA)
+    assert rows.schema.names == RESULT_COLUMNS
+    assert {r["config_hash"] for r in rows.to_pylist()} == {cfg.config_hash()}
+    assert re.fullmatch(r"[0-9a-f]{16}", cfg.config_hash())
     by_id = {r["image_id"]: r for r in rows.to_pylist()}
     assert len(by_id) == rows.num_rows == len(expected)  # every input exactly once
     assert {k: r["status"] for k, r in by_id.items()} == expected
-    palette = [c for rgb in voc_palette(NUM_CLASSES) for c in rgb]
+    palette = [c for rgb in VOC_COLOURS[:NUM_CLASSES] for c in rgb]
     for image_id, status in expected.items():
         row = by_id[image_id]
         png = os.path.join(out, os.path.splitext(image_id)[0] + ".png")
-        assert row["checkpoint_id"] and row["fcn_checkpoint_id"] and row["config_hash"] == cfg.config_hash()
+        assert row["checkpoint_id"] and row["fcn_checkpoint_id"]
         if status != "ok":
             assert not os.path.exists(png) and row["mask_png"] is None and row["error"]
             continue
@@ -127,7 +134,7 @@ def test_end_to_end_both_formats(first_run):
         assert 0.0 <= row["uncertainty"] <= 1.0 - 1.0 / NUM_CLASSES + 1e-6
     assert (by_id["odd/rotated.jpg"]["height"], by_id["odd/rotated.jpg"]["width"]) == (96, 64)  # EXIF applied
     errs = pq.read_table(os.path.join(out, "_errors"))
-    assert errs.schema.equals(ERROR_SCHEMA)
+    assert errs.schema.names == ["image_id", "source", "status", "error", "checkpoint_id", "config_hash"]
     assert sorted(errs.column("image_id").to_pylist()) == sorted(k for k, s in expected.items() if s != "ok")
     leftovers = [f for _, _, files in os.walk(out) for f in files if f.startswith(".")]
     assert leftovers == []  # no temporary files left behind
