@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import io
 import os
 import subprocess
 import sys
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -17,7 +20,7 @@ import torch.nn.functional as F
 from PIL import Image
 from segment_fixtures import NUM_CLASSES, make_checkpoints, scene, tiny_config, write_images, write_odd_inputs
 
-from pipeline.crf import dense_crf, kept_classes, uncertainty
+from pipeline.crf import CRFStage, dense_crf, kept_classes, uncertainty
 from pipeline.decode import decode_images, read_bytes
 from pipeline.segment import (
     BLOCK_ROWS,
@@ -159,7 +162,7 @@ def test_skip_existing_per_format(tmp_path):
     assert pending(("png",)) == {"c.jpg": False}  # d.jpg failed before: an error row counts as done
     assert pending(("parquet",)) == {"b.jpg": True}
     assert pending(("png", "parquet")) == {"b.jpg": True, "c.jpg": False}  # c: restore the PNG, keep its one row
-    assert pending(("png", "parquet")) == pending(("png", "parquet"))
+    assert pending(("parquet", "png")) == {"b.jpg": True, "c.jpg": False}  # the order of the formats is irrelevant
     assert existing_results(str(tmp_path / "none"), ("png",)) == set()
 
 
@@ -238,6 +241,48 @@ def test_segmenter_mixes_images_without_mixing_results(ckpts):
     assert any(isinstance(m, torch.nn.BatchNorm2d) for m in unfolded.deconvnet.modules())
     for t, a in zip(together, unfolded.predict(images, boxes)):
         np.testing.assert_allclose(t.astype(np.float32), a.astype(np.float32), atol=1e-3)
+
+
+def _softmax(x: np.ndarray) -> np.ndarray:
+    e = np.exp(x - x.max(axis=0, keepdims=True))
+    return e / e.sum(axis=0, keepdims=True)
+
+
+def test_aggregation_and_ensemble_equal_a_plain_per_box_loop(ckpts):
+    # Written apart from the Segmenter: the models loaded as saved (BatchNorm not folded, NCHW), one
+    # box at a time, scores resized with OpenCV and maxed into a zero canvas with numpy, softmax and
+    # the mean of the two models in numpy.
+    from models import load_checkpoint
+
+    image = scene(8, 70, 90)
+    boxes = np.array([[0, 0, 90, 70], [10, 5, 60, 50], [-20, -10, 50, 40], [70, 50, 130, 100]], np.float32)
+    deconvnet, dmeta = load_checkpoint(ckpts[0])
+    fcn, fmeta = load_checkpoint(ckpts[1])
+    pixels = torch.from_numpy(image).permute(2, 0, 1).float() / 255
+
+    def normalised(x, meta):
+        return (x - torch.tensor(meta.mean).view(-1, 3, 1, 1)) / torch.tensor(meta.std).view(-1, 3, 1, 1)
+
+    canvas = np.zeros((NUM_CLASSES, 70, 90), np.float32)
+    with torch.no_grad():
+        for box in boxes:
+            crop = normalised(crop_boxes(pixels, torch.from_numpy(box[None])), dmeta)
+            scores = deconvnet.eval()(crop)[0].numpy().transpose(1, 2, 0)  # (224, 224, C)
+            x0, y0, x1, y1 = (int(round(float(v))) for v in box)
+            resized = cv2.resize(scores, (x1 - x0, y1 - y0), interpolation=cv2.INTER_LINEAR).transpose(2, 0, 1)
+            cx0, cy0, cx1, cy1 = max(x0, 0), max(y0, 0), min(x1, 90), min(y1, 70)
+            region = resized[:, cy0 - y0 : cy1 - y0, cx0 - x0 : cx1 - x0]
+            canvas[:, cy0:cy1, cx0:cx1] = np.maximum(canvas[:, cy0:cy1, cx0:cx1], region)
+        fcn_probs = _softmax(fcn.eval()(normalised(pixels[None], fmeta))[0].numpy())
+    deconv_probs = _softmax(canvas)
+    parts = Segmenter(*ckpts, InferenceConfig(micro_batch=3, device="cpu")).predict_parts([image], [boxes])[0]
+    # float16 outputs: half a float16 step at these values is 1.2e-4 (nearest-pixel resizing would give 7e-4).
+    np.testing.assert_allclose(parts["deconvnet"].astype(np.float32), deconv_probs, atol=3e-4)
+    np.testing.assert_allclose(parts["fcn"].astype(np.float32), fcn_probs, atol=5e-4)
+    assert (deconv_probs.argmax(0) != fcn_probs.argmax(0)).any()  # two different opinions to average
+    for ensemble, want in [("mean", (deconv_probs + fcn_probs) / 2), ("deconvnet", deconv_probs), ("fcn", fcn_probs)]:
+        got = Segmenter(*ckpts, InferenceConfig(ensemble=ensemble, device="cpu")).predict([image], [boxes])[0]
+        np.testing.assert_allclose(got.astype(np.float32), want, atol=5e-4, err_msg=ensemble)
 
 
 def test_segmenter_stage_passes_error_rows(ckpts):
@@ -336,6 +381,34 @@ def test_crf_pruning_sees_through_the_uniform_floor_of_an_ensemble():
     # Whatever the thresholds, the class leading most pixels stays.
     leader = np.bincount(ensemble.argmax(0).ravel()).argmax()
     assert list(kept_classes(ensemble, 0.5, min_area=0.99)) == [leader]
+
+
+def test_crf_stage_equals_pydensecrf_called_directly():
+    # The paper code's CRF written out with pydensecrf's own helpers, on hand-made probabilities whose
+    # labels depend on every setting (each of the six, changed, moves 16-116 of the 2400 pixels here).
+    import pydensecrf.densecrf as dcrf
+    from pydensecrf.utils import unary_from_softmax
+
+    rng = np.random.default_rng(1)
+    h, w = 40, 60
+    yy, xx = np.mgrid[:h, :w]
+    image = np.zeros((h, w, 3), np.uint8)
+    image[..., 0], image[..., 1], image[..., 2] = xx * 4, np.where(yy > 20, 150, 60), rng.integers(0, 40, (h, w))
+    logits = rng.normal(0, 1.5, (3, h, w)) + [(xx < 25) * 1.0, (xx >= 35) * 1.0, (yy > 20) * 0.8]
+    probs = (np.exp(logits) / np.exp(logits).sum(0)).astype(np.float16)
+    crf = dcrf.DenseCRF2D(w, h, 3)
+    crf.setUnaryEnergy(unary_from_softmax(probs.astype(np.float32)))
+    crf.addPairwiseGaussian(sxy=3, compat=3)
+    crf.addPairwiseBilateral(sxy=20, srgb=3, rgbim=image, compat=5)
+    direct = np.argmax(crf.inference(10), axis=0).reshape(h, w)
+    assert 0.3 < (direct == probs.argmax(0)).mean() < 0.7  # the CRF changed much of the argmax
+    for cfg in (CRFConfig(prune_ratio=0.0), CRFConfig()):  # unpruned, and pruned (all 3 classes contend)
+        batch = {k: np.empty(1, dtype=object) for k in ("status", "error", "image_id", "image", "probs")}
+        batch["status"][0], batch["error"][0], batch["image_id"][0] = "ok", "", "a"
+        batch["image"][0], batch["probs"][0] = image, probs
+        out = CRFStage(cfg)(batch)
+        np.testing.assert_array_equal(out["mask"][0], direct)
+        assert out["uncertainty"][0] == pytest.approx(np.mean(1 - probs.astype(np.float32).max(0)), abs=1e-4)
 
 
 def test_crf_single_class_and_uncertainty():
@@ -498,3 +571,40 @@ def test_cpu_stages_do_not_load_torch():
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=Path(__file__).resolve().parent.parent)
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.strip() == "[]"
+
+
+def _changed(value):
+    """Another valid-looking value of a setting's type (a different one, whatever the value)."""
+    if isinstance(value, bool):
+        return not value
+    if isinstance(value, (int, float)):
+        return value * 2 + 1
+    if value is None:
+        return "other/edges.yml.gz"
+    return {"image": "none", "none": "image", "mean": "fcn", "bf16": "fp32"}.get(value, value + "-other")
+
+
+def test_config_hash_changes_with_every_setting_that_changes_a_mask(tmp_path):
+    base = tiny_config(str(tmp_path / "in"), str(tmp_path / "out"), ("a.safetensors", "b.safetensors"))
+    seen = {base.config_hash()}
+    # Every field of the proposal and CRF settings, the ensemble, the precision, the pixel limit.
+    changes = [("max_pixels", None)]
+    changes += [(f.name, "proposals") for f in dataclasses.fields(base.proposals)]
+    changes += [(f.name, "crf") for f in dataclasses.fields(base.crf)]
+    changes += [("ensemble", "inference"), ("precision", "inference")]
+    for name, part in changes:
+        cfg = copy.deepcopy(base)
+        owner = getattr(cfg, part) if part else cfg
+        setattr(owner, name, _changed(getattr(owner, name)))
+        h = cfg.config_hash()
+        assert h not in seen, f"{part}.{name} does not change config_hash"
+        seen.add(h)
+    # Execution settings never change a mask, so they keep the hash (and skip-existing keeps working).
+    for name, value in [("output", str(tmp_path / "elsewhere")), ("input", "s3://b/x"), ("batch_size", 7),
+                        ("write_batch_size", 3), ("layout", "split"), ("model_actors", 5), ("object_store_mb", 99.0),
+                        ("task_retries", 0), ("progress_interval", 2.0), ("format", "png"), ("skip_existing", False)]:
+        assert dataclasses.replace(base, **{name: value}).config_hash() == base.config_hash(), name
+    cfg = copy.deepcopy(base)
+    cfg.inference.micro_batch = 3
+    assert cfg.config_hash() == base.config_hash()
+    assert len(base.config_hash()) == 16 and int(base.config_hash(), 16) >= 0
