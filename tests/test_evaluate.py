@@ -14,10 +14,12 @@ import torch
 from PIL import Image
 
 from models import FCN, DeconvNet, save_checkpoint, voc_palette
+from pipeline.crf import dense_crf
 from pipeline.evaluation import VARIANTS as VARIANTS_ALL
 from pipeline.labelled import open_labelled_set
 from pipeline.metrics import ConfusionMatrix
 from pipeline.proposals import ProposalConfig, ProposalGenerator, enlarge_boxes
+from pipeline.segment_config import CRFConfig
 from pipeline.regression import EXIT_FAILED, EXIT_MISMATCH, EXIT_OK, EXIT_REGRESSION
 from pipeline.segmenter import InferenceConfig, Segmenter
 from pipeline.voc import instance_regions, load_sample
@@ -38,17 +40,18 @@ def local_ray():
         ray.shutdown()
 
 
-def _checkpoints(folder: Path, favourite: int, tag: str) -> tuple[str, str]:
+def _checkpoints(folder: Path, favourite: int, tag: str, bias: float = 4.0, std: float = 0.3) -> tuple[str, str]:
     """Tiny models whose score bias makes them predict ``favourite`` almost everywhere,
     with random input-dependent weights on top: a model biased to the background is
-    decent on this data, one biased to an absent class is deliberately worse."""
+    decent on this data, one biased to an absent class is deliberately worse. A smaller
+    bias and larger weights give models that predict several classes."""
     torch.manual_seed(favourite)
     deconv, fcn = DeconvNet(num_classes=NUM_CLASSES, width=1 / 16), FCN(num_classes=NUM_CLASSES, stride=8, width=1 / 16)
     with torch.no_grad():
         for layer in (deconv.score, fcn.score_fr):
-            layer.weight.normal_(0.0, 0.3)
+            layer.weight.normal_(0.0, std)
             layer.bias.zero_()
-            layer.bias[favourite] = 4.0
+            layer.bias[favourite] = bias
     paths = str(folder / f"deconvnet-{tag}.safetensors"), str(folder / f"fcn8s-{tag}.safetensors")
     save_checkpoint(deconv, paths[0])
     save_checkpoint(fcn, paths[1])
@@ -63,7 +66,7 @@ def _args(data, ckpts, out, *extra):
 
 
 def test_end_to_end_report_with_all_variants_and_sweep(synth_voc, tmp_path):
-    ckpts = _checkpoints(tmp_path, favourite=0, tag="good")
+    ckpts = _checkpoints(tmp_path, favourite=0, tag="mixed", bias=1.0, std=1.5)  # models with several opinions
     out = tmp_path / "report"
     assert evaluate_job.main(_args(synth_voc, ckpts, out, "--proposals", "1,3")) == EXIT_OK
     for name in ("report.json", "report.md", "per_class_iou.png", "proposals_curve.png"):
@@ -94,9 +97,38 @@ def test_end_to_end_report_with_all_variants_and_sweep(synth_voc, tmp_path):
         image = np.asarray(Image.open(row["path"]).convert("RGB"))
         cm_d.update(seg_d.predict([image], [gen(image)[0]])[0].argmax(0), lab)
     assert report["confusion_matrices"]["deconvnet"] == cm_d.mat.tolist()
+    _check_ensemble_crf_and_sweep(report, data, labels, seg_d, seg, gen)
     md = (out / "report.md").read_text()
     assert "| method | bkg | disc | box | triangle | ring | cross | mean |" in md
     _check_diagnostics(report, md, data, labels, seg_d, seg)
+
+
+def _check_ensemble_crf_and_sweep(report, data, labels, seg_d, seg_fcn, gen):
+    """Every other variant and the sweep's values, recomputed image by image from each model alone."""
+    crf_cfg = CRFConfig(iterations=3)
+    cms = {v: ConfusionMatrix(NUM_CLASSES) for v in ("deconvnet+crf", "edeconvnet", "edeconvnet+crf")}
+    sweep = {(base, k): ConfusionMatrix(NUM_CLASSES) for base in ("deconvnet", "edeconvnet") for k in (1, 3)}
+    for row, lab in zip(data.rows, labels):
+        image = np.asarray(Image.open(row["path"]).convert("RGB"))
+        boxes = gen(image)[0]
+        fcn = seg_fcn.predict([image], [np.zeros((0, 4), np.float32)])[0].astype(np.float32)
+        for k in (1, 3):
+            deconv = seg_d.predict([image], [boxes[:k]])[0].astype(np.float32)
+            mean = (deconv + fcn) / 2 if len(boxes[:k]) else fcn
+            sweep["deconvnet", k].update(deconv.argmax(0), lab)
+            sweep["edeconvnet", k].update(mean.argmax(0), lab)
+            if k == 3:  # top-3 is the variants' own proposal count
+                cms["deconvnet+crf"].update(dense_crf(image, deconv, crf_cfg), lab)
+                cms["edeconvnet"].update(mean.argmax(0), lab)
+                cms["edeconvnet+crf"].update(dense_crf(image, mean, crf_cfg), lab)
+    for variant, cm in cms.items():
+        assert report["confusion_matrices"][variant] == cm.mat.tolist(), variant
+        assert report["variants"][variant]["mean_iou"] == pytest.approx(cm.compute()["mean_iou"]), variant
+    for (base, k), cm in sweep.items():
+        assert report["proposal_sweep"][base][str(k)] == pytest.approx(cm.compute()["mean_iou"]), (base, k)
+    for variant in ("edeconvnet", "edeconvnet+crf"):  # not trivially one class everywhere
+        assert np.count_nonzero(np.asarray(report["confusion_matrices"][variant]).sum(0)) >= 2, variant
+    assert report["confusion_matrices"]["edeconvnet"] != report["confusion_matrices"]["edeconvnet+crf"]
 
 
 def _check_diagnostics(report, md, data, labels, seg_d, seg_fcn):
