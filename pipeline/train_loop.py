@@ -158,13 +158,22 @@ def update_plateau(cfg: TrainConfig, sched: dict[str, Any], val_miou: float) -> 
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, shard, normalise: _Normalise, batch_size: int, num_classes: int) -> dict[str, Any]:
-    """Confusion-matrix metrics of this worker's validation shard, pooled over all workers."""
+def evaluate(
+    model: nn.Module, val_set, normalise: _Normalise, batch_size: int, num_classes: int, rank: int
+) -> dict[str, Any]:
+    """Confusion-matrix metrics of the whole validation set, the same on every worker.
+
+    The val set is not split between the workers (``train_run.train_stage``): Ray Train's
+    split gives equal shards by dropping up to ``workers - 1`` examples, which would leave
+    them out of the metrics. Rank 0 scores every example; the matrix reaches the others
+    through the same all-reduce (they add zeros), which also keeps the workers in step.
+    """
     model.eval()
     cm = ConfusionMatrix(num_classes, IGNORE_INDEX)
-    for batch in shard.iter_torch_batches(batch_size=batch_size, drop_last=False):
-        x, y = normalise(batch)
-        cm.update(model(x).argmax(1).cpu(), y.cpu())
+    if rank == 0:
+        for batch in val_set.iter_torch_batches(batch_size=batch_size, drop_last=False):
+            x, y = normalise(batch)
+            cm.update(model(x).argmax(1).cpu(), y.cpu())
     model.train()
     pooled = _all_reduce(torch.from_numpy(cm.mat.copy()), normalise.device)
     cm.mat[:] = pooled.numpy()
@@ -231,7 +240,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
 
     normalise = _Normalise(device, memory_format)
     train_batches = _batches_forever(ray.train.get_dataset_shard("train"), cfg.batch_size)
-    val_shard = ray.train.get_dataset_shard("val") if config.get("has_val") else None
+    val_set = ray.train.get_dataset_shard("val") if config.get("has_val") else None  # whole, not split
     meta = CheckpointMeta(architecture=stage.architecture, num_classes=num_classes, width=cfg.width, class_names=class_names)
     accum = cfg.accumulation
     examples_per_step = cfg.batch_size * accum * world
@@ -244,7 +253,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         nonlocal window, window_steps, window_time, reported_at
         it = state["iteration"]
         population_statistics(module, lambda: normalise(next(train_batches))[0], cfg.bn_batches)
-        val = evaluate(module, val_shard, normalise, cfg.batch_size, num_classes) if val_shard is not None else None
+        val = evaluate(module, val_set, normalise, cfg.batch_size, num_classes, rank) if val_set is not None else None
         metrics = {
             "stage": stage.name,
             "iteration": it,

@@ -20,7 +20,7 @@ import os
 import time
 
 import ray
-from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchTrainer
 
 from models.storage import atomic_write
@@ -87,6 +87,9 @@ def train_stage(cfg: TrainConfig, stage: Stage, class_names: list[str], init: st
             checkpoint_config=CheckpointConfig(num_to_keep=cfg.keep_checkpoints),
         ),
         datasets=datasets,
+        # Only the training set is split (equal shards keep the workers in step); the val set is scored
+        # whole by rank 0, since an equal split would drop up to num_workers - 1 of its examples.
+        dataset_config=DataConfig(datasets_to_split=["train"]),
     )
     result = trainer.fit()
     if result.checkpoint is None:

@@ -22,8 +22,10 @@ from safetensors.torch import load_file
 
 from models import load_checkpoint
 from models.fcn import FCN
+from pipeline.metrics import ConfusionMatrix
 from pipeline.synthvoc import SYNTH_CLASSES
 from pipeline.train_config import TrainConfig
+from pipeline.train_data import val_dataset
 from pipeline.train_run import run_training
 from pipeline.train_state import MODEL_FILE, OPTIMIZER_FILE, STATE_FILE, latest_checkpoint, weights_fingerprint
 
@@ -83,10 +85,23 @@ def test_deconvnet_two_stages(ray_local, synth_voc, tmp_path):
     model1, meta1 = load_checkpoint(done["deconvnet-stage1"])
     assert (meta1.architecture, meta1.width, meta1.class_names) == ("deconvnet", 1 / 16, SYNTH_CLASSES)
     assert meta1.provenance["iteration"] == 24 and meta1.provenance["stage"] == "deconvnet-stage1"
-    # BN running stats are population statistics (recomputed), not the initial 0 / 1.
-    bn = model1.fc6[1]
-    assert not torch.allclose(bn.running_var, torch.ones_like(bn.running_var))
-    assert torch.isfinite(bn.running_mean).all()
+    # BN running stats are population statistics recomputed over cfg.bn_batches batches just before the
+    # export (a cumulative average from reset: the counter restarts at 0), not the training run's moving
+    # averages (which would have counted every training step since the restart at iteration 8).
+    bns = [m for m in model1.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    assert len(bns) == 29 and all(int(m.num_batches_tracked) == cfg.bn_batches for m in bns)
+    assert not torch.allclose(bns[0].running_var, torch.ones_like(bns[0].running_var))
+    # The last val mean IoU of the history is the exported model's on the val examples, recomputed here
+    # (pooled over the two workers' shards = the whole val set).
+    cm = ConfusionMatrix(len(SYNTH_CLASSES), 255)
+    mean = torch.tensor(meta1.mean).view(1, 3, 1, 1) * 255
+    std = torch.tensor(meta1.std).view(1, 3, 1, 1) * 255
+    with torch.no_grad():
+        for ex in val_dataset(cfg, cfg.plan()[0]).iter_torch_batches(batch_size=8):
+            x = (ex["image"].permute(0, 3, 1, 2).float() - mean) / std
+            cm.update(model1.eval()(x).argmax(1), ex["label"].long())
+    assert cm.compute()["mean_iou"] == pytest.approx(s1["history"][-1]["val_mean_iou"], abs=1e-3)
+    assert cm.compute()["pixel_accuracy"] == pytest.approx(s1["history"][-1]["val_pixel_accuracy"], abs=1e-3)
 
     # The Ray checkpoint holds the model, the momentum buffers (safetensors) and JSON state.
     ckpt = latest_checkpoint(os.path.join(out, "deconvnet-stage1"))
