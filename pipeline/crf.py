@@ -39,6 +39,7 @@ from __future__ import annotations
 import numpy as np
 import pydensecrf.densecrf as dcrf
 
+from pipeline.faults import inject
 from pipeline.segment_config import CRFConfig
 
 _EPS = 1e-8
@@ -103,6 +104,7 @@ class CRFStage:
         return np.asarray(probs).argmax(axis=0).astype(np.uint8)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        inject("crf_batch", batch.get("image_id", ()))  # tests only: a killed CRF actor
         status = [str(s) for s in batch["status"]]
         errors = [str(e) for e in batch["error"]]
         masks, scores = [], []

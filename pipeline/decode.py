@@ -16,6 +16,7 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from models.storage import retry_transient
+from pipeline.faults import inject
 
 
 class EmptyFile(ValueError):
@@ -43,6 +44,7 @@ def read_bytes(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     Transient storage errors are retried (``models.storage.retry_transient``): a row
     becomes an error row only for a failure that persists.
     """
+    inject("read_task", batch.get("image_id", ()))  # tests only: a killed read task
     status = [str(s) for s in batch["status"]]
     errors = [str(e) for e in batch["error"]]
     data = [b""] * len(status)
@@ -111,6 +113,7 @@ def decode_image(data: bytes, max_pixels: int) -> np.ndarray:
 
 def decode_images(batch: dict[str, np.ndarray], *, max_pixels: int) -> dict[str, np.ndarray]:
     """Replace ``bytes`` by ``image`` (RGB uint8) plus ``height``/``width``; failures become error rows."""
+    inject("decode_task", batch.get("image_id", ()))  # tests only: a killed decode task
     status = [str(s) for s in batch["status"]]
     errors = [str(e) for e in batch["error"]]
     images, heights, widths = [], [], []

@@ -11,9 +11,12 @@ A test then arms a fault at a named point by writing ``<folder>/<point>.json``:
   process (an input that crashes its worker each time it is tried).
 
 Each kill first leaves ``<folder>/<point>.killed-<n>``, so a test can check that its
-fault really happened. Points: ``model_batch`` (``Segmenter.__call__``, before the
-model runs) and ``write_rows`` (``write_outputs``, after the PNGs, before the Parquet
-rows).
+fault really happened. Points, each at the start of its stage's call unless said:
+``read_task`` (``decode.read_bytes``), ``decode_task`` (``decode.decode_images``),
+``proposal_batch`` (``ProposalStage``), ``model_batch`` (``Segmenter``), ``crf_batch``
+(``CRFStage``) and ``write_rows`` (``write_outputs``, after the PNGs, before the Parquet
+rows). In the split layout each point runs in its own task or actor; in the fused layout
+the decode, proposal, model and CRF points all run in the fused actor.
 """
 
 from __future__ import annotations

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from pipeline.faults import inject
 from pipeline.proposals import ProposalConfig, ProposalGenerator
 
 
@@ -29,6 +30,7 @@ class ProposalStage:
         self.generate = ProposalGenerator(cfg)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        inject("proposal_batch", batch.get("image_id", ()))  # tests only: a killed proposal actor
         status = [str(s) for s in batch["status"]]
         errors = [str(e) for e in batch["error"]]
         boxes, scores = [], []

@@ -160,17 +160,24 @@ def write_hostile_inputs(folder: Path, max_pixels: int) -> dict[str, str]:
 
 
 class FlakyFileSystem(AbstractFileSystem):
-    """A real local filesystem behind ``flaky://`` whose whole-file writes fail on purpose.
+    """A real local filesystem behind ``flaky://`` whose whole-file reads and writes fail on purpose.
 
-    The first ``$FLAKY_FS_FAILS`` (default 1) writes of each path write half of the data
-    and then raise ``ConnectionResetError`` (a dropped upload on a store that does not
-    publish atomically); later writes succeed. Attempts are counted in files under
-    ``$FLAKY_FS_STATE``, so the count holds across Ray worker processes; ``attempts(path)``
-    reads it back. Reads, listings and deletes go straight to the local disk.
+    - Writes: the first ``$FLAKY_FS_FAILS`` (default 1) writes of each path write half of
+      the data and then raise ``ConnectionResetError`` (a dropped upload on a store that
+      does not publish atomically); later writes succeed. A path whose file name starts
+      with ``broken-write-``, and every Parquet part under ``_parquet/`` while the file
+      ``$FLAKY_FS_STATE/broken-parquet`` exists, fails every time (a store that stays down).
+    - Reads: a file named ``flaky-read-*`` fails its first READ_FAILS opens for reading with
+      ``ConnectionResetError``, then reads whole; ``broken-read-*`` fails every time. Other
+      reads, listings and deletes go straight to the local disk.
+
+    Attempts are counted in files under ``$FLAKY_FS_STATE``, so the counts hold across Ray
+    worker processes; ``attempts(path)`` and ``read_attempts(path)`` read them back.
     """
 
     protocol = "flaky"
     root_marker = "/"
+    READ_FAILS = 2
 
     def __init__(self, **kwargs) -> None:
         super().__init__(**kwargs)
@@ -195,23 +202,45 @@ class FlakyFileSystem(AbstractFileSystem):
     def _open(self, path, mode="rb", **kwargs):
         if "r" not in mode:
             raise NotImplementedError("flaky:// writes only whole files (pipe_file)")
+        path = self._strip_protocol(path)
+        name = os.path.basename(path)
+        if name.startswith(("flaky-read-", "broken-read-")):
+            tries = self._count("read:" + path)
+            if name.startswith("broken-read-") or tries <= self.READ_FAILS:
+                raise ConnectionResetError(errno.ECONNRESET, f"injected: connection reset while reading {path}")
         return self.local._open(path, mode)
 
     @staticmethod
-    def _counter(path: str) -> str:
-        return os.path.join(os.environ["FLAKY_FS_STATE"], hashlib.sha256(path.encode()).hexdigest()[:24])
+    def _counter(key: str) -> str:
+        return os.path.join(os.environ["FLAKY_FS_STATE"], hashlib.sha256(key.encode()).hexdigest()[:24])
+
+    @classmethod
+    def _count(cls, key: str) -> int:
+        """One more attempt at ``key``; returns the attempts so far (one byte per attempt; appends are atomic)."""
+        with open(cls._counter(key), "ab") as f:
+            f.write(b".")
+        return os.path.getsize(cls._counter(key))
 
     @classmethod
     def attempts(cls, path: str) -> int:
         counter = cls._counter(cls._strip_protocol(path))
         return os.path.getsize(counter) if os.path.exists(counter) else 0
 
+    @classmethod
+    def read_attempts(cls, path: str) -> int:
+        counter = cls._counter("read:" + cls._strip_protocol(path))
+        return os.path.getsize(counter) if os.path.exists(counter) else 0
+
+    def _broken(self, path: str) -> bool:
+        if os.path.basename(path).startswith("broken-write-"):
+            return True
+        return "/_parquet/" in path and os.path.exists(os.path.join(os.environ["FLAKY_FS_STATE"], "broken-parquet"))
+
     def pipe_file(self, path, value, **kwargs):
         path = self._strip_protocol(path)
-        with open(self._counter(path), "ab") as f:  # one byte per attempt; appends are atomic
-            f.write(b".")
+        tries = self._count(path)
         self.local.makedirs(os.path.dirname(path), exist_ok=True)
-        if self.attempts(path) <= int(os.environ.get("FLAKY_FS_FAILS", "1")):
+        if self._broken(path) or tries <= int(os.environ.get("FLAKY_FS_FAILS", "1")):
             with open(path, "wb") as f:
                 f.write(value[: len(value) // 2])
             raise ConnectionResetError(errno.ECONNRESET, f"injected: connection reset while writing {path}")

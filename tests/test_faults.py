@@ -318,7 +318,9 @@ def test_part_names_tell_every_id_list_apart():
 # --- killed processes -------------------------------------------------------------------------------------
 
 
-def test_killed_model_actor_and_write_task_change_nothing(baseline, bucket, ckpts, fault_dir, tmp_path):
+def test_killed_fused_actor_and_write_task_change_nothing(baseline, bucket, ckpts, fault_dir, tmp_path):
+    """The fused layout (these 2 CPUs): the model point runs in the fused actor, so this kills that actor.
+    Each stage's own task or actor is killed in the split layout by tests/test_cluster_shapes.py."""
     _, _, want = baseline
     images, expected = bucket
     killed_cfg = tiny_config(str(images), str(tmp_path / "out"), ckpts, max_pixels=MAX_PIXELS)
@@ -334,13 +336,16 @@ def test_killed_model_actor_and_write_task_change_nothing(baseline, bucket, ckpt
 
 
 @pytest.mark.timeout(400)
-def test_input_that_kills_its_worker_every_time_fails_the_job_not_hangs(ray_session, ckpts, fault_dir, tmp_path):
+@pytest.mark.parametrize("point", ["model_batch", "read_task"])  # an actor call (max_task_retries), a task (max_retries)
+def test_input_that_kills_its_worker_every_time_fails_the_job_not_hangs(ray_session, ckpts, fault_dir, tmp_path, point):
+    """The bound on retries reaches both the actors and the tasks: without it (Ray's default, or a Ray
+    that drops the options, see pipeline.segment.retry_args) this run would retry forever."""
     images = tmp_path / "images"
     write_images(images, {"poison.jpg": (40, 48)})
     cfg = tiny_config(str(images), str(tmp_path / "out"), ckpts, task_retries=1)
-    with armed(fault_dir, model_batch={"kill_on_id": "poison.jpg"}) as kills, pytest.raises(Exception) as failure:
+    with armed(fault_dir, **{point: {"kill_on_id": "poison.jpg"}}) as kills, pytest.raises(Exception) as failure:
         run(cfg)
-    assert kills == {"model_batch": 2}  # the first try and task_retries=1 retry, then the job stops
+    assert kills == {point: 2}  # the first try and task_retries=1 retry, then the job stops
     assert any("--task-retries (1)" in note and "resumes" in note for note in failure.value.__notes__)
 
 
@@ -456,6 +461,47 @@ def test_atomic_write_retries_and_never_leaves_a_partial_file(tmp_path, monkeypa
     with pytest.raises((NotADirectoryError, FileExistsError)):
         atomic_write(url, data)
     assert FlakyFileSystem.attempts(url) == 1  # not retried
+
+
+def test_storage_that_stays_down_gives_error_rows_and_reads_are_retried(ray_session, ckpts, tmp_path):
+    """Input reads are retried like writes. What still fails after the retries becomes that input's error
+    row: an input that cannot be read, a mask that cannot be written. No input is lost."""
+    images, out = tmp_path / "images", tmp_path / "out"
+    write_images(images, dict.fromkeys(("flaky-read-a.jpg", "broken-read-b.jpg", "broken-write-c.jpg", "d.jpg"), (40, 48)))
+    summary = run(tiny_config(f"flaky://{images}", f"flaky://{out}", ckpts))
+    rows = outputs(out)["_parquet"]
+    assert {i: r["status"] for i, r in rows.items()} == {
+        "flaky-read-a.jpg": "ok",  # dropped twice, then read whole
+        "broken-read-b.jpg": "ConnectionResetError",
+        "broken-write-c.jpg": "ConnectionResetError",
+        "d.jpg": "ok",
+    }
+    assert FlakyFileSystem.read_attempts(f"flaky://{images}/flaky-read-a.jpg") == 3
+    assert FlakyFileSystem.read_attempts(f"flaky://{images}/broken-read-b.jpg") == 5  # then given up
+    assert FlakyFileSystem.attempts(f"flaky://{out}/broken-write-c.png") == 5
+    assert "connection reset while reading" in rows["broken-read-b.jpg"]["error"]
+    assert rows["broken-write-c.jpg"]["error"].startswith("write: ") and rows["broken-write-c.jpg"]["mask_png"] is None
+    assert sorted(p.name for p in out.glob("*.png")) == ["d.png", "flaky-read-a.png"]  # no half-written mask
+    assert summary["complete"] and summary["totals"]["error_rows"] == 2
+
+
+def test_a_parquet_part_that_cannot_be_written_stops_the_job_and_a_rerun_resumes(ray_session, ckpts, tmp_path):
+    images, out = tmp_path / "images", tmp_path / "out"
+    write_images(images, {f"p{i}.jpg": (40, 48) for i in range(3)})
+    cfg = tiny_config(str(images), f"flaky://{out}", ckpts)
+    broken = Path(os.environ["FLAKY_FS_STATE"]) / "broken-parquet"
+    broken.touch()  # every Parquet part upload fails
+    try:
+        with pytest.raises(Exception) as failure:
+            run(cfg)
+    finally:
+        broken.unlink()
+    assert "connection reset while writing" in str(failure.value)
+    assert any("resumes" in note for note in getattr(failure.value, "__notes__", []))
+    assert not list(out.glob("_parquet/*.parquet"))  # no part, not even half of one
+    summary = run(cfg)  # the store is back: the rerun writes what is missing
+    assert summary["complete"] and summary["totals"]["done"] == 3
+    assert sorted(r["image_id"] for r in pq.read_table(out / "_parquet").to_pylist()) == ["p0.jpg", "p1.jpg", "p2.jpg"]
 
 
 # --- security ---------------------------------------------------------------------------------------------
