@@ -28,7 +28,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
-import re
 import shutil
 import tempfile
 import threading
@@ -124,10 +123,22 @@ class Sampler(Poller):
 
     @staticmethod
     def _store_bytes() -> int:
-        from ray._private.internal_api import memory_summary
+        """Object-store bytes held now on every node, from Ray's Prometheus endpoint (a public interface;
+        ``ray_object_store_memory`` in shared memory or its disk fallback, sealed or not). Ray reports the
+        metric every ``RAY_metrics_report_interval_ms`` (set to 500 in ``main``)."""
+        import urllib.request
 
-        found = re.search(r"Plasma memory usage (\d+) MiB", memory_summary(stats_only=True))
-        return int(found.group(1)) * 2**20 if found else 0
+        import ray
+
+        total = 0.0
+        for node in ray.nodes():
+            if not node["Alive"]:
+                continue
+            url = f"http://{node['NodeManagerAddress']}:{node['MetricsExportPort']}/metrics"
+            for line in urllib.request.urlopen(url, timeout=5).read().decode().splitlines():
+                if line.startswith("ray_object_store_memory{") and 'Location="MMAP_' in line:
+                    total += float(line.rsplit(" ", 1)[1])
+        return int(total)
 
     def poll(self) -> None:
         self.peak_rss = max(self.peak_rss, self.proc.memory_info().rss)
@@ -250,6 +261,7 @@ def main() -> None:
         torch.set_num_threads(threads)
 
         disable_usage_stats()
+        os.environ.setdefault("RAY_metrics_report_interval_ms", "500")  # Sampler's store readings (default 10 s)
         ray.init(num_cpus=args.cpus, include_dashboard=False, log_to_driver=False)
         # Warm-up: the first dataset of a Ray session also pays for starting worker processes
         # and importing torch in them; later runs reuse those workers. Every timed run is warm.

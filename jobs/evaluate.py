@@ -34,7 +34,7 @@ from pipeline.cli_args import (  # noqa: E402
     proposal_config,
 )
 from pipeline.evaluation import VARIANTS, EvalConfig  # noqa: E402
-from pipeline.ray_session import add_ray_address_arg  # noqa: E402
+from pipeline.ray_session import add_cluster_guard_args, add_ray_address_arg  # noqa: E402
 from pipeline.regression import EXIT_MISMATCH, EXIT_OK, ReportMismatch, parse_max_failed  # noqa: E402
 
 
@@ -68,6 +68,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     add_inference_args(p)
     add_crf_args(p)
     add_ray_address_arg(p)
+    add_cluster_guard_args(p, EvalConfig.stall_minutes)
     return p
 
 
@@ -95,11 +96,14 @@ def config_from_args(args: argparse.Namespace) -> EvalConfig:
         crf=crf_config(args),
         batch_size=args.batch_size,
         ray_address=args.ray_address,
+        stall_minutes=args.stall_minutes,
+        autoscaling=args.autoscaling,
     )
 
 
 def main(args: argparse.Namespace) -> int:
     from pipeline.evaluation import run_evaluation
+    from pipeline.segment import JobStalled
 
     try:
         cfg = config_from_args(args)
@@ -110,6 +114,9 @@ def main(args: argparse.Namespace) -> int:
     except ReportMismatch as exc:
         print(f"evaluate: refused: {exc}", file=sys.stderr)
         return EXIT_MISMATCH
+    except JobStalled as exc:
+        print(exc, file=sys.stderr)
+        return exc.exit_code
     except (ValueError, FileNotFoundError, PermissionError) as exc:
         print(f"evaluate: error: {exc}", file=sys.stderr)
         return 2

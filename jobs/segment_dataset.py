@@ -12,7 +12,8 @@ local Ray. Writes ``<output>/<image_id stem>.png`` palette masks and/or
 failed, ``<output>/_progress.json`` while it runs (every ``--progress-interval``
 seconds, with the same line in the log) and ``<output>/_summary.json`` (the folder's
 totals over all runs, and this run's counts). Rerunning skips what is already written.
-Exit codes: 0 done, 1 inputs missing from the output after the run, 2 bad arguments.
+Exit codes: 0 done, 1 inputs missing from the output after the run, 2 bad arguments
+or a cluster that cannot run the job, 6 stalled (no data moved for --stall-minutes).
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ from pipeline.cli_args import (  # noqa: E402
     inference_config,
     proposal_config,
 )
-from pipeline.ray_session import add_ray_address_arg  # noqa: E402
+from pipeline.ray_session import add_cluster_guard_args, add_ray_address_arg  # noqa: E402
 from pipeline.segment_config import SegmentConfig  # noqa: E402
 
 
@@ -102,6 +103,7 @@ def get_args_parser() -> argparse.ArgumentParser:
         "VOC-size images per actor (split layout: about 43 MiB per actor with 6 classes, 129 with 21; "
         "fused: 3 MiB), at least 128 MiB",
     )
+    add_cluster_guard_args(g, SegmentConfig.stall_minutes)
     g.add_argument(
         "--task-retries",
         type=int,
@@ -135,11 +137,13 @@ def config_from_args(args: argparse.Namespace) -> SegmentConfig:
         object_store_mb=args.object_store_mb,
         task_retries=args.task_retries,
         progress_interval=args.progress_interval,
+        stall_minutes=args.stall_minutes,
+        autoscaling=args.autoscaling,
     )
 
 
 def main(args: argparse.Namespace) -> int:
-    from pipeline.segment import prepare, run
+    from pipeline.segment import ClusterTooSmall, JobStalled, prepare, run
 
     cfg = config_from_args(args)
     try:
@@ -147,7 +151,14 @@ def main(args: argparse.Namespace) -> int:
     except (ValueError, FileNotFoundError, PermissionError) as exc:
         print(f"segment_dataset: error: {exc}", file=sys.stderr)
         return 2
-    summary = run(cfg, plan)
+    try:
+        summary = run(cfg, plan)
+    except ClusterTooSmall as exc:  # checked once Ray is up, before any work
+        print(f"segment_dataset: error: {exc}", file=sys.stderr)
+        return 2
+    except JobStalled as exc:
+        print(exc, file=sys.stderr)
+        return exc.exit_code
     last, totals = summary["last_run"], summary["totals"]
     print(
         f"segment_dataset: {last['processed']} images processed ({last['written']} written, "

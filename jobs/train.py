@@ -98,4 +98,8 @@ def main(args: argparse.Namespace) -> dict[str, str]:
 
 
 if __name__ == "__main__":
-    main(get_args_parser().parse_args())
+    try:
+        main(get_args_parser().parse_args())
+    except (ValueError, FileNotFoundError) as exc:  # refused before any training
+        print(f"train: error: {exc}", file=sys.stderr)
+        sys.exit(2)

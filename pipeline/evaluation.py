@@ -23,6 +23,7 @@ ground-truth instance boxes as proposals) and every variant's mean IoU by object
 from __future__ import annotations
 
 import dataclasses
+import math
 import time
 from dataclasses import dataclass, field
 
@@ -63,6 +64,8 @@ class EvalConfig:
     diagnostics: bool = True  # labels with instances: proposal recall, oracle variants, mean IoU by object size
     size_bounds: tuple[float, float] = SIZE_BOUNDS  # instance area / image area between small, medium and large
     ray_address: str | None = None  # None: $RAY_ADDRESS (set inside `ray job submit`) or a new local Ray
+    stall_minutes: float = 30.0  # stop (exit 6) when no image has been scored for this long; 0: never
+    autoscaling: bool = False  # the cluster adds nodes on demand: don't refuse it for what it lacks now
 
     def needs(self) -> tuple[bool, bool]:
         """(needs DeconvNet, needs FCN) for the requested variants."""
@@ -237,15 +240,21 @@ def evaluate(cfg: EvalConfig, *, num_classes: int, rows: list[dict], palette: li
     from pipeline.decode import decode_images, read_bytes
     from pipeline.proposal_stage import ProposalStage
     from pipeline.ray_session import ensure_ray
-    from pipeline.segment import stage_resources
+    from pipeline.segment import JobStalled, stage_resources, stall_message
     from pipeline.segment_config import SegmentConfig
+    from pipeline.stall_guard import StallGuard
 
     ensure_ray(cfg.ray_address)
-    res = stage_resources(SegmentConfig(input="", output="", checkpoint="", layout="split"), ray.cluster_resources())
+    sizing = SegmentConfig(input="", output="", checkpoint="", layout="split", autoscaling=cfg.autoscaling)
+    res = stage_resources(sizing, ray.cluster_resources(), num_classes)
     share = res.cpu_share
     instances = cfg.diagnostics and bool(rows) and all(r.get("object_path") for r in rows)
     variants = cfg.all_variants(oracle=instances)
     items = [{**r, "status": "ok", "error": ""} for r in rows]
+
+    def pool(size: int, batch: int):  # fixed-size pools (see stage_resources), no actor without a batch
+        return ray.data.ActorPoolStrategy(size=max(1, min(size, math.ceil(len(items) / batch))))
+
     start = time.time()
     ds = (
         ray.data.from_items(items, override_num_blocks=max(1, min(len(items), 16)))
@@ -253,7 +262,7 @@ def evaluate(cfg: EvalConfig, *, num_classes: int, rows: list[dict], palette: li
         .map_batches(decode_images, fn_kwargs={"max_pixels": cfg.max_pixels}, batch_size=8, batch_format="numpy", num_cpus=share)
         .map_batches(
             ProposalStage, fn_constructor_kwargs={"cfg": cfg.proposals}, batch_size=1, batch_format="numpy",
-            num_cpus=share, concurrency=(1, res.proposal_actors),
+            num_cpus=share, compute=pool(res.proposal_actors, 1),
         )
     )
     if instances:
@@ -271,29 +280,38 @@ def evaluate(cfg: EvalConfig, *, num_classes: int, rows: list[dict], palette: li
                 "sweep": cfg.proposal_sweep,
             },
             batch_size=cfg.batch_size, batch_format="numpy",
-            num_cpus=share if res.model_gpus == 0 else 1, num_gpus=res.model_gpus, concurrency=res.model_actors,
+            num_cpus=share, num_gpus=res.model_gpus, compute=pool(res.model_actors, cfg.batch_size),
         )
         .map_batches(
             ScoreVariants,
             fn_constructor_kwargs={"variants": variants, "num_classes": num_classes, "crf": cfg.crf, "palette": palette},
-            batch_size=4, batch_format="numpy", num_cpus=share, concurrency=(1, res.crf_actors),
+            batch_size=4, batch_format="numpy", num_cpus=share, compute=pool(res.crf_actors, 4),
         )
     )
+    ds.context.execution_no_progress_timeout_s = -1  # the StallGuard below decides (pipeline.stall_guard)
     totals = {v: ConfusionMatrix(num_classes) for v in variants}
     recall = np.zeros((len(SIZES), 1 + len(RECALL_IOUS)), np.int64)
     scored, failed = 0, []
-    for batch in ds.iter_batches(batch_size=64, batch_format="numpy"):
-        for variant, mat, n, errs, counts in zip(
-            batch["variant"], batch["matrix"], batch["scored"], batch["failed"], batch["recall"]
-        ):
-            if variant == "":
-                failed += [str(e) for e in errs]
-                recall += np.asarray(counts, np.int64)
-                continue
-            totals.setdefault(str(variant), ConfusionMatrix(num_classes))
-            totals[str(variant)].merge(np.asarray(mat, np.int64).reshape(num_classes, num_classes))
-            if variant == variants[0]:
-                scored += int(n)
+    guard = StallGuard(cfg.stall_minutes, lambda: stall_message("evaluate", cfg.stall_minutes, res))
+    try:
+        with guard:
+            for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
+                guard.tick()
+                for variant, mat, n, errs, counts in zip(
+                    batch["variant"], batch["matrix"], batch["scored"], batch["failed"], batch["recall"]
+                ):
+                    if variant == "":
+                        failed += [str(e) for e in errs]
+                        recall += np.asarray(counts, np.int64)
+                        continue
+                    totals.setdefault(str(variant), ConfusionMatrix(num_classes))
+                    totals[str(variant)].merge(np.asarray(mat, np.int64).reshape(num_classes, num_classes))
+                    if variant == variants[0]:
+                        scored += int(n)
+    except KeyboardInterrupt:
+        if guard.report is None:  # the user's Ctrl-C
+            raise
+        raise JobStalled(f"{guard.report}\nevaluate: stopped; nothing was written, the same command starts over.") from None
     seconds = time.time() - start
     return {
         "metrics": {v: cm.compute() for v, cm in totals.items()},

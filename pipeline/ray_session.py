@@ -21,6 +21,23 @@ def add_ray_address_arg(p: argparse.ArgumentParser) -> None:
     )
 
 
+def add_cluster_guard_args(p: argparse.ArgumentParser, stall_minutes: float = 30.0) -> None:
+    """``--stall-minutes`` and ``--autoscaling``, the same for every job that runs the Ray Data chain."""
+    p.add_argument(
+        "--stall-minutes",
+        type=float,
+        default=stall_minutes,
+        help="stop with exit 6 when no image has finished for this long (what was written is kept, a rerun "
+        f"resumes); 0 waits forever; default {stall_minutes:g}. Raise it where new nodes take longer to start",
+    )
+    p.add_argument(
+        "--autoscaling",
+        action="store_true",
+        help="the cluster adds nodes on demand (ray up cluster.yaml): don't refuse it at start for what its "
+        "nodes lack now (no CPUs, fewer GPUs than model actors); the stall guard still applies",
+    )
+
+
 def disable_usage_stats() -> None:
     """Keep a Ray that this process starts from reporting usage statistics to Ray's server.
 

@@ -47,6 +47,7 @@ from pipeline.sources import (
     scan_output,
     url_to_fs,
 )
+from pipeline.stall_guard import StallGuard
 
 
 # Rows per block of the listing (cheap to make: one driver put per block) and per block after the read
@@ -151,6 +152,23 @@ def fused_actor_bytes(model_bytes: int) -> int:
     return FUSED_BASE_BYTES + 2 * model_bytes
 
 
+class ClusterTooSmall(ValueError):
+    """The cluster cannot run the job as asked (a usage error: the job exits 2 before any work)."""
+
+
+class JobStalled(RuntimeError):
+    """No image finished for ``stall_minutes`` (the job exits 6; a rerun resumes): see pipeline.stall_guard."""
+
+    exit_code = 6
+
+
+# Task slots (of ``cpu_share`` CPUs each) the actor pools leave free, so that the read (which also re-cuts
+# the blocks), decode and write tasks can always be scheduled beside them: one for each.
+TASK_SLOTS = 3
+# The actor pools together take at most this share of the cluster's CPUs.
+ACTOR_CPU_FRACTION = 0.65
+
+
 def stage_resources(
     cfg: SegmentConfig,
     resources: dict[str, float],
@@ -158,12 +176,14 @@ def stage_resources(
     model_bytes: int = 0,
     images: int | None = None,
 ) -> StageResources:
-    """Defaults from the cluster's resources; never more actor reservations than CPUs.
+    """Defaults from the cluster's resources; never more actor reservations than the cluster can hold.
 
-    Actors hold their CPUs for the whole run; if they took every CPU, the read and
-    write tasks could never be scheduled and the dataset would hang. Each reservation
-    is therefore a fraction (1/8 of the cluster's CPUs, at most 1), and the actor
-    pools together stay within 65% of the CPUs.
+    Actors hold their CPUs for the whole run; if they took every CPU, the read, decode and
+    write tasks could never be scheduled and the dataset would hang (on a 4-CPU, 1-GPU node
+    it did: the GPU model actor took a whole CPU and the CPU pools the rest). Every task and
+    every actor therefore reserves a fraction of a CPU, ``cpu_share`` (1/8 of the cluster's
+    CPUs, at most 1), the GPU model actors included, and the actor pools together take at
+    most 65% of the CPUs while leaving TASK_SLOTS task slots free.
 
     Layout (``cfg.layout``, "auto" by default): with GPU model actors, or when the
     proposal/CRF pools are sized by hand, one pool per stage ("split"); otherwise one
@@ -173,11 +193,12 @@ def stage_resources(
     no more actors than blocks), each reserving at most 0.65 CPU. On 2 CPUs that
     measured 1.08-1.22x the split layout's throughput.
 
-    Split layout: with GPUs, one model actor per GPU and the CPU budget goes to the
-    proposal and CRF pools (1:2, the CRF costs more). Without GPUs every pool takes its
+    Split layout: with GPUs, one model actor per GPU and the rest of the actor budget goes
+    to the proposal and CRF pools (1:2, the CRF costs more). Without GPUs every pool takes its
     share of the budget (at least one actor), after the measured cost per image on one
     core (BENCHMARKS.md: EdgeBoxes 0.5 s, model stage 0.66 s, class-pruned CRF 1.2 s):
-    proposals 20%, model 30%, CRF 50%. On 2 CPUs that is 1 / 1 / 2 actors.
+    proposals 20%, model 30%, CRF 50%. On 2 CPUs without a GPU that is 1 / 1 / 2 actors
+    of 0.25 CPU, with one GPU 1 / 1 / 3.
 
     The object-store limit bounds what the stages before the slowest one queue up:
     without it Ray Data lets each stage run ahead up to a share of the whole store
@@ -192,11 +213,16 @@ def stage_resources(
     its actors has a full queue of inputs, which the object-store limit prevents: a
     (1, 2) CRF pool then ran one actor for a whole 400-image run (half the speed), or
     started and stopped a second one every few seconds.
+
+    Raises ClusterTooSmall when the cluster cannot run the job as asked (no CPUs, fewer
+    GPUs than the model actors ask for, hand-sized pools that leave no task a slot),
+    unless ``cfg.autoscaling`` says that nodes are still to come.
     """
-    cpus = max(float(resources.get("CPU", 1.0)), 1.0)
+    total_cpus = float(resources.get("CPU", 0.0))
+    cpus = max(total_cpus, 1.0)
     gpus = int(resources.get("GPU", 0.0))
     share = min(1.0, cpus / 8)
-    budget = max(int(0.65 * cpus / share), 3)
+    budget = max(int(min(ACTOR_CPU_FRACTION * cpus, cpus - TASK_SLOTS * share) / share + 1e-9), 3)
     layout = cfg.layout
     if layout == "auto":
         hand_sized = cfg.model_gpus or cfg.proposal_actors or cfg.crf_actors
@@ -210,15 +236,16 @@ def stage_resources(
             fused_actors = max(1, min(fused_actors, int(memory // fused_actor_bytes(model_bytes))))
         if not cfg.model_actors and images:
             fused_actors = min(fused_actors, math.ceil(images / FUSED_BLOCK_ROWS))
-        fused_cpus = min(share, 0.65 * cpus / fused_actors)
+        fused_cpus = min(share, ACTOR_CPU_FRACTION * cpus / fused_actors)
         block_rows, bytes_per_pixel = FUSED_BLOCK_ROWS, 4  # only the mask (1 B) is in the store, not the image
     else:
         # An autoscaling cluster may have no GPU node yet: --model-gpus 1 asks for them anyway.
         model_gpus = cfg.model_gpus if cfg.model_gpus is not None else (1.0 if gpus else 0.0)
         if model_gpus:
             model_actors = cfg.model_actors or max(gpus, 1)
-            proposal_actors = cfg.proposal_actors or max(1, budget // 3)
-            crf_actors = cfg.crf_actors or max(1, budget - budget // 3)
+            rest = max(budget - model_actors, 2)
+            proposal_actors = cfg.proposal_actors or max(1, rest // 3)
+            crf_actors = cfg.crf_actors or max(1, rest - rest // 3)
         else:
             proposal_actors = cfg.proposal_actors or max(1, int(0.2 * budget))
             model_actors = cfg.model_actors or max(1, int(0.3 * budget))
@@ -227,9 +254,38 @@ def stage_resources(
     actors = proposal_actors + model_actors + crf_actors + fused_actors
     per_actor = STORE_BLOCKS_PER_ACTOR * block_rows * REFERENCE_PIXELS * bytes_per_pixel
     store = cfg.object_store_mb * 2**20 if cfg.object_store_mb else max(MIN_STORE_MB * 2**20, actors * per_actor)
-    return StageResources(
+    res = StageResources(
         layout, share, model_actors, model_gpus, proposal_actors, crf_actors, fused_actors, fused_cpus, int(store)
     )
+    if not cfg.autoscaling:
+        check_cluster(res, total_cpus, gpus)
+    return res
+
+
+def check_cluster(res: StageResources, cpus: float, gpus: int) -> None:
+    """Raise ClusterTooSmall when ``res`` cannot all be placed on a cluster of ``cpus`` and ``gpus`` with one
+    task slot left over (the job would wait forever instead)."""
+    advice = "pass --autoscaling if the cluster adds nodes on demand"
+    if cpus <= 0:
+        raise ClusterTooSmall(
+            f"the cluster has no CPUs (a head started with --num-cpus=0 and no worker nodes yet?); the job needs "
+            f"at least one CPU for its read, decode and write tasks; add a node, or {advice}"
+        )
+    if res.model_gpus and res.model_actors * res.model_gpus > gpus:
+        raise ClusterTooSmall(
+            f"{res.model_actors} model actors x {res.model_gpus:g} GPU need {res.model_actors * res.model_gpus:g} "
+            f"GPUs, the cluster has {gpus}; lower --model-actors / --model-gpus, or {advice}"
+        )
+    if res.layout == "fused":
+        reserved = res.fused_actors * res.fused_cpus
+    else:
+        reserved = res.cpu_share * (res.model_actors + res.proposal_actors + res.crf_actors)
+    if reserved + res.cpu_share > cpus + 1e-9:
+        raise ClusterTooSmall(
+            f"the actor pools (model {res.model_actors}, proposals {res.proposal_actors}, CRF {res.crf_actors}, "
+            f"{res.cpu_share:g} CPU each) reserve {reserved:g} of the cluster's {cpus:g} CPUs and leave no "
+            f"{res.cpu_share:g} CPU for the read, decode and write tasks; use fewer actors, or {advice}"
+        )
 
 
 def build_dataset(cfg: SegmentConfig, plan: Plan, res: StageResources):
@@ -238,10 +294,76 @@ def build_dataset(cfg: SegmentConfig, plan: Plan, res: StageResources):
     with warnings.catch_warnings():  # see retry_args
         warnings.filterwarnings("ignore", message=".*ray_remote_args.*deprecated")
         ds = _chain(cfg, plan, res, task_retry, actor_retry)
-    # The dataset's own copy of the DataContext: the limit applies to this run only.
+    # The dataset's own copy of the DataContext: the limits apply to this run only.
     options = ds.context.execution_options
     options.resource_limits = options.resource_limits.copy(object_store_memory=res.object_store_bytes)
+    ds.context.execution_no_progress_timeout_s = -1  # the job's own StallGuard decides (pipeline.stall_guard)
     return ds
+
+
+def stall_message(job: str, minutes: float, res: StageResources) -> str:
+    """What a stalled run tells its user: what each stage reserves, what the cluster has free, and the
+    actors and tasks still waiting for a node (``waiting_for_resources``)."""
+    import ray
+
+    lines = [
+        f"{job}: no image finished for {minutes:g} minutes (--stall-minutes); stopping.",
+        f"Each task and CPU actor reserves {res.cpu_share:g} CPU; pools: " + pool_sizes(res) + ".",
+        "Free now: " + _fmt(ray.available_resources()) + " of " + _fmt(ray.cluster_resources()) + ".",
+    ]
+    waiting = waiting_for_resources()
+    if waiting:
+        lines.append("Not placed yet, for want of resources: " + "; ".join(waiting) + ".")
+    lines.append(
+        "On an autoscaling cluster, a node that is still starting looks the same: raise --stall-minutes "
+        "(0 waits forever)."
+    )
+    return "\n".join(lines)
+
+
+def pool_sizes(res: StageResources) -> str:
+    if res.layout == "fused":
+        return f"fused {res.fused_actors} x {res.fused_cpus:g} CPU"
+    gpu = f" + {res.model_gpus:g} GPU" if res.model_gpus else ""
+    return (
+        f"proposals {res.proposal_actors}, model {res.model_actors} ({res.cpu_share:g} CPU{gpu} each), "
+        f"CRF {res.crf_actors}"
+    )
+
+
+def _fmt(resources: dict) -> str:
+    keep = {k: v for k, v in resources.items() if k in ("CPU", "GPU")}
+    return ", ".join(f"{v:g} {k}" for k, v in sorted(keep.items())) or "nothing"
+
+
+def waiting_for_resources() -> list[str]:
+    """Actors and tasks that Ray has not placed yet, with the resources they ask for (Ray's state API,
+    which needs the dashboard; empty without it)."""
+    import ray
+
+    try:
+        from ray.util.state import list_actors, list_tasks
+
+        address = ray.get_runtime_context().gcs_address  # this job's cluster, not any other on the machine
+        actors = list_actors(
+            address=address, filters=[("state", "=", "PENDING_CREATION")], detail=True, raise_on_missing_output=False
+        )
+        tasks = list_tasks(
+            address=address,
+            filters=[("state", "=", "PENDING_NODE_ASSIGNMENT")],
+            detail=True,
+            raise_on_missing_output=False,
+        )
+    except Exception:  # no dashboard (ray.init(include_dashboard=False)) or an older state API
+        return []
+    waiting = Counter()
+    for actor in actors:
+        waiting[f"{actor.class_name} actor needs {_fmt(actor.required_resources or {})}"] += 1
+    for task in tasks:
+        if task.required_resources and not task.name.endswith(".__init__"):  # (an actor's creation task
+            # repeats the actor listed above; an actor method asks for nothing)
+            waiting[f"{task.name} task needs {_fmt(task.required_resources or {})}"] += 1
+    return [f"{n} x {what}" for what, n in sorted(waiting.items())]
 
 
 def retry_args(retries: int) -> tuple[dict, dict]:
@@ -252,12 +374,18 @@ def retry_args(retries: int) -> tuple[dict, dict]:
     every time would hang the job. Dead actors are always restarted. A retry redoes the
     same batches, and every write is named by its content, so retries add no rows.
     Ray 2.60 deprecates these ``**ray_remote_args`` (removal planned for 2.64) without a
-    named replacement yet; without them Ray's own (unbounded) defaults apply.
+    named replacement yet; without them Ray's own (unbounded) defaults would apply and a
+    poison input would hang the job, so pyproject.toml pins Ray below 2.64 and a Ray
+    without them is refused here rather than run without bounds
+    (tests/test_faults.py checks that the bound reaches the tasks and the actors).
     """
     import ray
 
     if "ray_remote_args" not in inspect.signature(ray.data.Dataset.map_batches).parameters:
-        return {}, {}
+        raise RuntimeError(
+            f"Ray {ray.__version__}'s map_batches takes no retry options (max_retries, max_task_retries): "
+            "deconvseg's retries would be unbounded; install the Ray version pyproject.toml names (<2.64)"
+        )
     return {"max_retries": retries}, {"max_restarts": -1, "max_task_retries": retries}
 
 
@@ -279,6 +407,7 @@ def _chain(cfg: SegmentConfig, plan: Plan, res: StageResources, task_retry: dict
         # image after the model with 6-21 classes) does not grow with the listing.
         .repartition(target_num_rows_per_block=FUSED_BLOCK_ROWS if fused else BLOCK_ROWS, strict=True)
     )
+    _same_task_args_as_the_read(ds, num_cpus=share, **task_retry)
     if fused:
         from pipeline.fused_stage import FusedStage
 
@@ -288,7 +417,7 @@ def _chain(cfg: SegmentConfig, plan: Plan, res: StageResources, task_retry: dict
             batch_size=FUSED_BLOCK_ROWS,
             batch_format="numpy",
             num_cpus=res.fused_cpus,
-            concurrency=res.fused_actors,
+            compute=_pool(res.fused_actors),
             **actor_retry,
         )
     else:
@@ -309,6 +438,36 @@ def _chain(cfg: SegmentConfig, plan: Plan, res: StageResources, task_retry: dict
         num_cpus=share,
         **task_retry,
     )
+
+
+def _pool(size: int):
+    """A fixed-size actor pool (see stage_resources for why none autoscales)."""
+    import ray
+
+    return ray.data.ActorPoolStrategy(size=size)
+
+
+def _same_task_args_as_the_read(ds, **remote_args) -> None:
+    """Give the re-cut of the blocks (``Dataset.repartition``, which takes no resource arguments) the read's
+    task arguments, so that Ray Data fuses the two into one task of ``cpu_share`` CPUs.
+
+    Left alone, the re-cut ran as its own tasks of one whole CPU, which a small node never had free once the
+    actor pools held theirs: on 4 CPUs and 1 GPU the job waited forever ("4.5/4 CPU"). Ray 2.60 has no public
+    way to set them; the logical operator's ``ray_remote_args`` is the field ``Dataset.map_batches`` fills.
+    """
+    op = ds._logical_plan.dag
+    if not isinstance(getattr(op, "ray_remote_args", None), dict):
+        raise RuntimeError(
+            f"this Ray ({ray_version()}) builds repartition differently from 2.60: deconvseg cannot size its "
+            "tasks; install the Ray version pyproject.toml names"
+        )
+    op.ray_remote_args.update(remote_args)
+
+
+def ray_version() -> str:
+    import ray
+
+    return ray.__version__
 
 
 def _split_stages(ds, cfg: SegmentConfig, res: StageResources, task_retry: dict, actor_retry: dict):
@@ -334,7 +493,7 @@ def _split_stages(ds, cfg: SegmentConfig, res: StageResources, task_retry: dict,
             batch_size=1,
             batch_format="numpy",
             num_cpus=share,
-            concurrency=res.proposal_actors,
+            compute=_pool(res.proposal_actors),
             **actor_retry,
         )
         .map_batches(
@@ -346,9 +505,9 @@ def _split_stages(ds, cfg: SegmentConfig, res: StageResources, task_retry: dict,
             },
             batch_size=cfg.batch_size,
             batch_format="numpy",
-            num_cpus=share if res.model_gpus == 0 else 1,
+            num_cpus=share,  # with a GPU too: a whole CPU per GPU actor starved small GPU nodes (TASK_SLOTS)
             num_gpus=res.model_gpus,
-            concurrency=res.model_actors,
+            compute=_pool(res.model_actors),
             **actor_retry,
         )
         .map_batches(
@@ -357,7 +516,7 @@ def _split_stages(ds, cfg: SegmentConfig, res: StageResources, task_retry: dict,
             batch_size=1,
             batch_format="numpy",
             num_cpus=share,
-            concurrency=res.crf_actors,
+            compute=_pool(res.crf_actors),
             **actor_retry,
         )
     )
@@ -387,8 +546,9 @@ def run(cfg: SegmentConfig, plan: Plan | None = None) -> dict:
     progress = ProgressReporter(
         join(cfg.output, PROGRESS_FILE), len(plan.todo), skipped=plan.n_skipped, interval=cfg.progress_interval
     )
+    guard = StallGuard(cfg.stall_minutes, lambda: stall_message("segment_dataset", cfg.stall_minutes, res))
     try:
-        with progress:
+        with progress, guard:
             if plan.todo:
                 for batch in build_dataset(cfg, plan, res).iter_batches(batch_size=None, batch_format="numpy"):
                     for image_id, status in zip(batch["image_id"], batch["status"]):
@@ -396,6 +556,14 @@ def run(cfg: SegmentConfig, plan: Plan | None = None) -> dict:
                         seen.add(str(image_id))
                         statuses[str(status)] += 1
                     progress.add(batch["status"])
+                    guard.tick()
+    except KeyboardInterrupt:
+        if guard.report is None:  # the user's Ctrl-C
+            raise
+        raise JobStalled(
+            f"{guard.report}\nsegment_dataset: stopped after {len(seen)} of {len(plan.todo)} images. What was "
+            "written is complete, and the same command resumes."
+        ) from None
     except Exception as exc:
         exc.add_note(
             f"segment_dataset: stopped after {len(seen)} of {len(plan.todo)} images. What was written is complete, "

@@ -69,6 +69,10 @@ class SegmentConfig:
     # bounded so that an input that kills its worker every time fails the job, not hangs it.
     task_retries: int = 3
     progress_interval: float = 30.0  # seconds between rewrites of <output>/_progress.json and its driver-log line
+    # Stop the job (exit 6) when no data moves between its stages for this long; 0 waits forever.
+    stall_minutes: float = 30.0
+    # The cluster adds nodes on demand: don't refuse it at start for what its nodes lack now.
+    autoscaling: bool = False
 
     @property
     def formats(self) -> tuple[str, ...]:
@@ -97,6 +101,8 @@ class SegmentConfig:
                 raise ValueError(f"{name} must be >= 1")
         if self.task_retries < 0:
             raise ValueError("task_retries must be >= 0")
+        if not self.stall_minutes >= 0:
+            raise ValueError("stall_minutes must be >= 0 (0: no limit)")
         if not self.progress_interval > 0:
             raise ValueError("progress_interval must be > 0 (seconds)")
         if self.inference.micro_batch < 1:

@@ -100,11 +100,38 @@ def train_stage(cfg: TrainConfig, stage: Stage, class_names: list[str], init: st
     return dict(result.metrics or {})
 
 
+@ray.remote(num_cpus=0, num_gpus=1)
+def _torch_sees_cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def check_gpus_usable(cfg: TrainConfig) -> None:
+    """Refuse GPU training when the cluster's GPUs are not CUDA devices torch can use.
+
+    A node started with ``ray start --num-gpus=1`` but without a GPU (or without its
+    driver) advertises a GPU that Ray will hand to a trainer, whose first CUDA call would
+    then fail on every worker after the run started. One task on a GPU asks torch first.
+    With no GPU in the cluster yet (an autoscaling cluster before its GPU nodes are up)
+    there is nothing to ask; the trainers wait for the GPUs as Ray Train does.
+    """
+    if not use_gpu(cfg) or ray.cluster_resources().get("GPU", 0) < 1:
+        return
+    if not ray.get(_torch_sees_cuda.remote()):
+        raise ValueError(
+            "the cluster advertises GPUs, but torch on a GPU node sees no CUDA device (a GPU declared with "
+            "`ray start --num-gpus` on a machine without one, or without its driver); train on the CPUs with "
+            "--use-gpu false"
+        )
+
+
 def check_paths_and_resources(cfg: TrainConfig) -> None:
     """Refuse what cannot work on a cluster; warn when Ray Data would have no CPU left."""
     for name, url in (("--data", cfg.data), ("--output", cfg.output)):
         if url.startswith("memory://"):
             raise ValueError(f"{name} {url}: memory:// lives in one process; Ray workers cannot see it")
+    check_gpus_usable(cfg)
     cpus = ray.cluster_resources().get("CPU", 0)
     free = cpus - cfg.num_workers * cfg.cpus_per_worker
     if free < cfg.data_cpus:

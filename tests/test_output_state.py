@@ -13,6 +13,7 @@ import stat
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -189,3 +190,23 @@ def test_segment_job_under_a_umask_writes_readable_outputs_and_reports_progress(
     assert "segment_dataset: output complete: 3 of 3 inputs done (1 error rows), 0 missing" in log
     summary = json.loads((out / "_summary.json").read_text())
     assert summary["complete"] and summary["totals"]["masks"] == 2 and summary["last_run"]["written"] == 2
+
+
+def test_stall_guard_interrupts_a_run_whose_rows_stopped_and_spares_one_that_ticks():
+    from pipeline.stall_guard import StallGuard
+
+    guard = StallGuard(0.3 / 60, lambda: "stage X waits for 1 GPU")  # 0.3 s
+    with pytest.raises(KeyboardInterrupt), guard:
+        for _ in range(200):  # a driver waiting on a run that never yields a row
+            time.sleep(0.05)
+    assert guard.report == "stage X waits for 1 GPU"
+    busy = StallGuard(0.3 / 60, lambda: "never asked")
+    with busy:
+        for _ in range(20):  # 1 s of rows arriving every 0.05 s: never idle for 0.3 s
+            time.sleep(0.05)
+            busy.tick()
+    assert busy.report is None
+    off = StallGuard(0, lambda: "never asked")
+    with off:
+        time.sleep(0.2)
+    assert off.report is None and off._thread is None

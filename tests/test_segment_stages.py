@@ -535,7 +535,8 @@ def test_without_gpus_the_stages_run_fused_one_actor_per_cpu():
     assert stage_resources(sized, {"CPU": 64.0, "memory": 100 * 2**30}, model_bytes=paper).fused_actors == 40
     # Hand-sized CPU pools or GPU model actors mean the split layout; fused with them is a clear error.
     assert stage_resources(tiny_config("in", "out", ("a", "b"), crf_actors=3), {"CPU": 2.0}).layout == "split"
-    assert stage_resources(tiny_config("in", "out", ("a", "b"), model_gpus=1.0), {"CPU": 8.0}).model_gpus == 1.0
+    gpus_coming = tiny_config("in", "out", ("a", "b"), model_gpus=1.0, autoscaling=True)
+    assert stage_resources(gpus_coming, {"CPU": 8.0}).model_gpus == 1.0
     for bad in ({"crf_actors": 2}, {"proposal_actors": 1}, {"model_gpus": 1.0}):
         with pytest.raises(ValueError, match="need --layout split"):
             tiny_config("in", "out", ("a", "b"), layout="fused", **bad).validate()
