@@ -336,3 +336,18 @@ def test_rows_that_cannot_be_exported_are_counted_and_bad_arguments_stop_the_job
         assert export_labels.main(parser.parse_args(bad)) == 2
     assert capsys.readouterr().err.count("export_labels: error:") == 3
     assert not (tmp_path / "x").exists() and not (tmp_path / "y").exists()
+
+
+def test_rerun_restores_a_missing_confidence_map(segmented):
+    """A confidence map is an output of its own: a rerun redoes an image whose map is gone (and only that
+    one), and the maps never count as masks. Runs last: it rewrites one image of the shared output."""
+    cfg, _, expected = segmented
+    n_ok = sum(s == "ok" for s in expected.values())
+    victim = os.path.join(cfg.output, "_confidence", "sub", "c.png")
+    before = np.asarray(Image.open(victim))
+    os.remove(victim)
+    again = run(cfg)
+    assert (again["last_run"]["processed"], again["last_run"]["skipped_existing"]) == (1, len(expected) - 1)
+    assert np.abs(np.asarray(Image.open(victim)).astype(int) - before).max() <= 1
+    assert again["complete"] and again["totals"]["masks"] == n_ok
+    assert sorted(_rows(cfg)) == sorted(expected)  # no second row for the image
