@@ -183,9 +183,9 @@ def assert_same_outputs(got: dict, want: dict) -> None:
         assert sorted(got[name]) == sorted(want[name])
         for image_id, row in want[name].items():
             other = dict(got[name][image_id])
-            for name in ("uncertainty", "mean_confidence", "mean_entropy"):  # float rounding between processes
-                if row.get(name) is not None:
-                    assert other.pop(name) == pytest.approx(row[name], abs=1e-4)
+            for column in ("uncertainty", "mean_confidence", "mean_entropy"):  # float rounding between processes
+                if row.get(column) is not None:
+                    assert other.pop(column) == pytest.approx(row[column], abs=1e-4)
             assert other == {k: v for k, v in row.items() if k in other}, image_id
 
 
