@@ -8,7 +8,8 @@ On a cluster (or a local head started with ``ray start --head``)::
 
 On a laptop the same command without ``ray job submit --working-dir . --`` starts a
 local Ray. Writes ``<output>/<image_id stem>.png`` palette masks and/or
-``<output>/_parquet/*.parquet`` rows, ``<output>/_errors/*.parquet`` for inputs that
+``<output>/_parquet/*.parquet`` rows (with ``--confidence png`` also
+``<output>/_confidence/<image_id stem>.png`` confidence maps), ``<output>/_errors/*.parquet`` for inputs that
 failed, ``<output>/_progress.json`` while it runs (every ``--progress-interval``
 seconds, with the same line in the log) and ``<output>/_summary.json`` (the folder's
 totals over all runs, and this run's counts). Rerunning skips what is already written.
@@ -53,6 +54,21 @@ def get_args_parser() -> argparse.ArgumentParser:
         help="mean: average DeconvNet and FCN-8s probabilities (EDeconvNet); none: DeconvNet alone; fcn: FCN alone",
     )
     p.add_argument("--crf", default="on", choices=["on", "off"], help="dense CRF refinement")
+    p.add_argument(
+        "--confidence",
+        default="none",
+        choices=["none", "png"],
+        help="png: a uint8 confidence map per image (max ensemble probability x 255, before the CRF) at "
+        "<output>/_confidence/<mask> and in the Parquet rows (confidence_png)",
+    )
+    p.add_argument(
+        "--min-confidence",
+        type=float,
+        default=0.0,
+        metavar="T",
+        help="write 255 (void) into the mask wherever the max ensemble probability is below T (0-1), for "
+        "pseudo-labels; default 0: no void",
+    )
     p.add_argument(
         "--skip-existing",
         default=True,
@@ -122,6 +138,8 @@ def config_from_args(args: argparse.Namespace) -> SegmentConfig:
         format=args.format,
         skip_existing=args.skip_existing,
         max_pixels=args.max_pixels,
+        confidence=args.confidence,
+        min_confidence=args.min_confidence,
         extensions=tuple(e.strip() for e in args.extensions.split(",") if e.strip()),
         proposals=proposal_config(args),
         inference=inference_config(args, ensemble={"none": "deconvnet"}.get(args.ensemble, args.ensemble)),

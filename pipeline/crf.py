@@ -39,8 +39,9 @@ from __future__ import annotations
 import numpy as np
 import pydensecrf.densecrf as dcrf
 
+from pipeline.confidence import confidence_map, max_probability, mean_entropy, void_below
 from pipeline.faults import inject
-from pipeline.segment_config import CRFConfig
+from pipeline.segment_config import CRFConfig, SegmentConfig
 
 _EPS = 1e-8
 
@@ -86,17 +87,25 @@ def uncertainty(probs: np.ndarray) -> float:
 
 
 class CRFStage:
-    """Turns ``probs`` into the final ``mask`` (dense CRF, or argmax when disabled) and ``uncertainty``.
+    """Turns ``probs`` into the final ``mask`` (dense CRF, or argmax when disabled), ``uncertainty``,
+    ``mean_confidence`` and ``mean_entropy`` (``pipeline.confidence``), and with ``confidence_maps``
+    a uint8 ``confidence`` map per image.
 
-    Drops the ``probs`` and ``image`` columns: only the uint8 mask travels on. A row
+    Drops the ``probs`` and ``image`` columns: only the uint8 mask (and map) travel on. A row
     whose CRF fails becomes an error row.
 
     Args:
         cfg: CRF settings; ``cfg.enabled = False`` gives the argmax.
+        confidence_maps: add the ``confidence`` column (max ensemble probability x 255, before the CRF).
+        min_confidence: mask pixels whose max ensemble probability is below this become 255 (void).
     """
 
-    def __init__(self, cfg: CRFConfig | None = None) -> None:
+    def __init__(
+        self, cfg: CRFConfig | None = None, *, confidence_maps: bool = False, min_confidence: float = 0.0
+    ) -> None:
         self.cfg = cfg or CRFConfig()
+        self.confidence_maps = confidence_maps
+        self.min_confidence = min_confidence
 
     def label(self, image: np.ndarray, probs: np.ndarray) -> np.ndarray:
         if self.cfg.enabled:
@@ -107,23 +116,44 @@ class CRFStage:
         inject("crf_batch", batch.get("image_id", ()))  # tests only: a killed CRF actor
         status = [str(s) for s in batch["status"]]
         errors = [str(e) for e in batch["error"]]
-        masks, scores = [], []
+        masks, maps, scores, confidences, entropies = [], [], [], [], []
         for i, (image, probs) in enumerate(zip(batch["image"], batch["probs"])):
-            mask, score = np.zeros((0, 0), np.uint8), np.nan
+            mask, conf_map = np.zeros((0, 0), np.uint8), np.zeros((0, 0), np.uint8)
+            score = mean_conf = entropy = np.nan
             if status[i] == "ok":
                 try:
-                    mask, score = self.label(image, probs), uncertainty(probs)
+                    confidence = max_probability(probs)
+                    mask = void_below(self.label(image, probs), confidence, self.min_confidence)
+                    score, mean_conf, entropy = uncertainty(probs), float(confidence.mean()), mean_entropy(probs)
+                    if self.confidence_maps:
+                        conf_map = confidence_map(confidence)
                 except Exception as exc:
                     status[i], errors[i] = type(exc).__name__, f"crf: {exc}"
             masks.append(mask)
+            maps.append(conf_map)
             scores.append(score)
+            confidences.append(mean_conf)
+            entropies.append(entropy)
         out = {k: v for k, v in batch.items() if k not in ("probs", "image")}
-        column = np.empty(len(masks), dtype=object)
-        column[:] = masks
         out.update(
             status=np.array(status, dtype=object),
             error=np.array(errors, dtype=object),
-            mask=column,
+            mask=_object_column(masks),
             uncertainty=np.array(scores, dtype=np.float32),
+            mean_confidence=np.array(confidences, dtype=np.float32),
+            mean_entropy=np.array(entropies, dtype=np.float32),
         )
+        if self.confidence_maps:
+            out["confidence"] = _object_column(maps)
         return out
+
+
+def crf_stage_args(cfg: SegmentConfig) -> dict:
+    """``CRFStage``'s constructor arguments for the job's settings (CRF, confidence maps, void threshold)."""
+    return {"cfg": cfg.crf, "confidence_maps": cfg.confidence == "png", "min_confidence": cfg.min_confidence}
+
+
+def _object_column(values: list) -> np.ndarray:
+    column = np.empty(len(values), dtype=object)
+    column[:] = values
+    return column

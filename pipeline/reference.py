@@ -3,7 +3,7 @@
 Used to check that distribution changes nothing (tests compare the two), as the body of
 the fused layout's actor (``pipeline.fused_stage``), and handy for debugging one image:
 ``reference_results(cfg, items)`` returns, per ``image_id``, the status, error, mask and
-uncertainty the job would write.
+uncertainty, mean confidence and entropy, and confidence map the job would write.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from pipeline.crf import CRFStage
+from pipeline.crf import CRFStage, crf_stage_args
 from pipeline.decode import decode_images, read_bytes
 from pipeline.proposal_stage import ProposalStage
 from pipeline.segment_config import SegmentConfig
@@ -32,7 +32,7 @@ def stage_steps(cfg: SegmentConfig) -> list[tuple[str, Callable[[dict], dict]]]:
         ("decode", lambda batch: decode_images(batch, max_pixels=cfg.max_pixels)),
         ("proposals", propose),
         ("model", segment),
-        ("crf", CRFStage(cfg.crf)),
+        ("crf", CRFStage(**crf_stage_args(cfg))),
     ]
 
 
@@ -49,5 +49,8 @@ def reference_results(cfg: SegmentConfig, items: list[dict]) -> dict[str, dict]:
             "error": str(batch["error"][0]),
             "mask": batch["mask"][0],
             "uncertainty": float(batch["uncertainty"][0]),
+            "mean_confidence": float(batch["mean_confidence"][0]),
+            "mean_entropy": float(batch["mean_entropy"][0]),
+            "confidence": batch["confidence"][0] if "confidence" in batch else None,
         }
     return results

@@ -115,7 +115,7 @@ def prepare(cfg: SegmentConfig) -> Plan:
     items = assign_outputs(items)
     todo = items
     if cfg.skip_existing:
-        todo = mark_pending(items, existing_results(cfg.output, cfg.formats), cfg.formats)
+        todo = mark_pending(items, existing_results(cfg.output, cfg.outputs), cfg.outputs)
     return Plan(
         input_root=root,
         todo=todo,
@@ -427,6 +427,7 @@ def _chain(cfg: SegmentConfig, plan: Plan, res: StageResources, task_retry: dict
         fn_kwargs={
             "output": cfg.output,
             "formats": cfg.formats,
+            "confidence_maps": cfg.confidence == "png",
             "class_names": plan.class_names,
             "palette": plan.palette,
             "checkpoint_id": plan.checkpoint_id,
@@ -472,7 +473,7 @@ def ray_version() -> str:
 
 def _split_stages(ds, cfg: SegmentConfig, res: StageResources, task_retry: dict, actor_retry: dict):
     """Decode tasks, then one actor pool per stage: proposals, model (on GPUs when there are), CRF."""
-    from pipeline.crf import CRFStage
+    from pipeline.crf import CRFStage, crf_stage_args
     from pipeline.decode import decode_images
     from pipeline.proposal_stage import ProposalStage
     from pipeline.segmenter import Segmenter
@@ -512,7 +513,7 @@ def _split_stages(ds, cfg: SegmentConfig, res: StageResources, task_retry: dict,
         )
         .map_batches(
             CRFStage,
-            fn_constructor_kwargs={"cfg": cfg.crf},
+            fn_constructor_kwargs=crf_stage_args(cfg),
             batch_size=1,
             batch_format="numpy",
             num_cpus=share,
@@ -575,7 +576,7 @@ def run(cfg: SegmentConfig, plan: Plan | None = None) -> dict:
     elapsed = time.time() - start
     processed = sum(statuses.values())
     errors = processed - statuses.get("ok", 0)
-    totals = output_totals(scan_output(cfg.output, cfg.formats), plan.items, cfg.formats)
+    totals = output_totals(scan_output(cfg.output, cfg.outputs), plan.items, cfg.outputs)
     summary = {
         "complete": totals["missing"] == 0,
         "totals": totals,
@@ -596,6 +597,10 @@ def run(cfg: SegmentConfig, plan: Plan | None = None) -> dict:
         "input_root": plan.input_root,
         "output": cfg.output,
         "formats": list(cfg.formats),
+        "classes": [
+            {"id": i, "name": name, "colour": list(colour)}
+            for i, (name, colour) in enumerate(zip(plan.class_names, plan.palette))
+        ],
         "checkpoint_id": plan.checkpoint_id,
         "fcn_checkpoint_id": plan.fcn_checkpoint_id,
         "config_hash": cfg.config_hash(),

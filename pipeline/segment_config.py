@@ -3,7 +3,7 @@
 One dataclass per concern: ``CRFConfig`` (dense CRF), ``InferenceConfig`` (the model
 stage, in ``pipeline.inference_config``: importable without torch, so the CPU stages
 that import this module never load it), ``ProposalConfig`` (``pipeline.proposals``), gathered in
-``SegmentConfig``. ``config_hash`` covers exactly the settings that change a mask.
+``SegmentConfig``. ``config_hash`` covers exactly the settings that change what is written for an image.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from pipeline.inference_config import InferenceConfig
 from pipeline.proposals import ProposalConfig
 
 FORMATS = ("png", "parquet", "both")
+CONFIDENCE_OUTPUTS = ("none", "png")
 LAYOUTS = ("auto", "fused", "split")
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pnm")
 
@@ -48,6 +49,11 @@ class SegmentConfig:
     skip_existing: bool = True  # inputs that already have every requested output (or an error row) are skipped
     max_pixels: int = 40_000_000  # larger images become ImageTooLarge error rows
     extensions: tuple[str, ...] = IMAGE_EXTENSIONS  # file suffixes listed from a folder/URL; () = every file
+    # "png": a uint8 confidence map per image (max ensemble probability x 255, before the CRF), at
+    # <output>/_confidence/<mask key> and in the Parquet rows' confidence_png; "none": no map.
+    confidence: str = "none"
+    # Pixels whose confidence (max ensemble probability, 0-1) is below this are void (255) in the mask; 0: none.
+    min_confidence: float = 0.0
     proposals: ProposalConfig = field(default_factory=ProposalConfig)
     inference: InferenceConfig = field(default_factory=InferenceConfig)
     crf: CRFConfig = field(default_factory=CRFConfig)
@@ -78,6 +84,11 @@ class SegmentConfig:
     def formats(self) -> tuple[str, ...]:
         return ("png", "parquet") if self.format == "both" else (self.format,)
 
+    @property
+    def outputs(self) -> tuple[str, ...]:
+        """``formats``, plus ``"confidence"`` when confidence maps are written as files (what a rerun checks)."""
+        return self.formats + (("confidence",) if self.confidence == "png" and "png" in self.formats else ())
+
     def validate(self) -> None:
         if self.format not in FORMATS:
             raise ValueError(f"--format must be one of {FORMATS}, got {self.format!r}")
@@ -87,6 +98,10 @@ class SegmentConfig:
             raise ValueError(
                 f"ensemble {self.inference.ensemble!r} needs --fcn-checkpoint (or use --ensemble none for DeconvNet alone)"
             )
+        if self.confidence not in CONFIDENCE_OUTPUTS:
+            raise ValueError(f"--confidence must be one of {CONFIDENCE_OUTPUTS}, got {self.confidence!r}")
+        if not 0.0 <= self.min_confidence <= 1.0:
+            raise ValueError(f"--min-confidence must be between 0 and 1 (a probability), got {self.min_confidence}")
         if self.layout not in LAYOUTS:
             raise ValueError(f"--layout must be one of {LAYOUTS}, got {self.layout!r}")
         if self.layout == "fused" and (self.model_gpus or self.proposal_actors or self.crf_actors):
@@ -109,9 +124,11 @@ class SegmentConfig:
             raise ValueError("micro_batch must be >= 1")
 
     def result_settings(self) -> dict:
-        """The settings that determine a mask (checkpoints are identified by their own ids)."""
+        """The settings that determine a mask or another output (checkpoints are identified by their own ids)."""
         return {
             "max_pixels": self.max_pixels,
+            "confidence": self.confidence,
+            "min_confidence": self.min_confidence,
             "proposals": dataclasses.asdict(self.proposals),
             "ensemble": self.inference.ensemble,
             "precision": self.inference.precision,

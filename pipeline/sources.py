@@ -25,8 +25,9 @@ import fsspec
 from fsspec.implementations.local import LocalFileSystem
 
 MANIFEST_SUFFIXES = (".txt", ".lst", ".csv", ".parquet")
-RESERVED = ("_parquet", "_errors", "_summary.json", "_progress.json")  # top-level names the job writes itself
-PARQUET_DIR, ERRORS_DIR, SUMMARY_FILE, PROGRESS_FILE = RESERVED
+PARQUET_DIR, ERRORS_DIR, CONFIDENCE_DIR = "_parquet", "_errors", "_confidence"
+SUMMARY_FILE, PROGRESS_FILE = "_summary.json", "_progress.json"
+RESERVED = (PARQUET_DIR, ERRORS_DIR, CONFIDENCE_DIR, SUMMARY_FILE, PROGRESS_FILE)  # top-level names the job writes
 
 
 def url_to_fs(url: str):
@@ -62,6 +63,15 @@ def mask_key(image_id: str) -> str:
         return ""
     stem, _ = posixpath.splitext(rel)
     return (stem or rel) + ".png"
+
+
+def confidence_key(mask_key: str) -> str:
+    """Relative path of an image's confidence map: its mask's path under ``_confidence/``.
+
+    A folder of its own, not a suffix beside the mask: no input name can collide with a
+    confidence map (``_confidence`` is reserved), and every PNG of the mask tree stays a mask.
+    """
+    return posixpath.join(CONFIDENCE_DIR, mask_key)
 
 
 def _has_glob(path: str) -> bool:
@@ -216,22 +226,26 @@ class OutputScan:
 
     rows: dict[str, list[tuple[str, str]]]  # PARQUET_DIR / ERRORS_DIR -> (image_id, status) of each row
     masks: set[str] | None  # mask keys of the PNGs present; None when PNGs were not looked for
+    confidence: set[str] | None = None  # mask keys whose confidence map is present; None: not looked for
 
     def done(self) -> set[str]:
-        """Image ids per row folder (``_parquet:<id>``, ``_errors:<id>``) and mask keys (``mask:<key>``)."""
+        """Image ids per row folder (``_parquet:<id>``, ``_errors:<id>``), mask keys (``mask:<key>``) and
+        mask keys with a confidence map (``confidence:<key>``)."""
         done = {f"{name}:{image_id}" for name, rows in self.rows.items() for image_id, _ in rows}
-        return done | {f"mask:{key}" for key in self.masks or ()}
+        return done | {f"mask:{key}" for key in self.masks or ()} | {f"confidence:{k}" for k in self.confidence or ()}
 
 
 def scan_output(output: str, formats: tuple[str, ...]) -> OutputScan:
-    """The rows of every Parquet part under ``output`` (id and status) and, with ``png``, its masks."""
+    """The rows of every Parquet part under ``output`` (id and status), with ``png`` its masks, with
+    ``confidence`` its confidence maps (by mask key)."""
     fs, root = url_to_fs(output)
     root = root.rstrip("/")
     fs.invalidate_cache()  # object-store listings are cached per process; a rerun must see new files
     rows: dict[str, list[tuple[str, str]]] = {PARQUET_DIR: [], ERRORS_DIR: []}
     masks: set[str] | None = set() if "png" in formats else None
+    confidence: set[str] | None = set() if "confidence" in formats else None
     if not fs.exists(root):
-        return OutputScan(rows, masks)
+        return OutputScan(rows, masks, confidence)
     for name in (PARQUET_DIR, ERRORS_DIR):
         folder = join(root, name)
         if fs.exists(folder):
@@ -246,7 +260,13 @@ def scan_output(output: str, formats: tuple[str, ...]) -> OutputScan:
             rel = _relative(p, root)
             if rel.endswith(".png") and not _is_hidden(rel) and rel.split("/")[0] not in RESERVED:
                 masks.add(rel)
-    return OutputScan(rows, masks)
+    folder = join(root, CONFIDENCE_DIR)
+    if confidence is not None and fs.exists(folder):
+        for p in fs.find(folder):
+            rel = _relative(p, folder.rstrip("/"))
+            if rel.endswith(".png") and not _is_hidden(rel):
+                confidence.add(rel)
+    return OutputScan(rows, masks, confidence)
 
 
 def existing_results(output: str, formats: tuple[str, ...]) -> set[str]:
@@ -288,6 +308,8 @@ def is_done(item: dict, done: set[str], formats: tuple[str, ...]) -> bool:
     if f"{ERRORS_DIR}:{item['image_id']}" in done:
         return True
     if "png" in formats and f"mask:{item['mask_key']}" not in done:
+        return False
+    if "confidence" in formats and f"confidence:{item['mask_key']}" not in done:
         return False
     if "parquet" in formats and f"{PARQUET_DIR}:{item['image_id']}" not in done:
         return False

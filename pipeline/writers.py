@@ -3,6 +3,8 @@
 Layout under the output root (local folder or fsspec URL):
 
 - ``<mask_key>``: one palette PNG per image (VOC colours), ``<image_id stem>.png``;
+- ``_confidence/<mask_key>``: with confidence maps, one greyscale PNG per image
+  (max ensemble probability x 255, ``pipeline.confidence``);
 - ``_parquet/part-<hash>.parquet``: one row per input (results and errors), schema
   ``RESULT_SCHEMA``;
 - ``_errors/part-<hash>.parquet``: one row per failed input, schema ``ERROR_SCHEMA``;
@@ -29,7 +31,8 @@ from PIL import Image
 
 from models.storage import atomic_write
 from pipeline.faults import inject
-from pipeline.sources import ERRORS_DIR, PARQUET_DIR, join, safe_relpath
+from models.classes import IGNORE_INDEX
+from pipeline.sources import ERRORS_DIR, PARQUET_DIR, confidence_key, join, safe_relpath
 
 CLASS_FRACTION = pa.struct([("id", pa.int32()), ("name", pa.string()), ("fraction", pa.float32())])
 RESULT_SCHEMA = pa.schema(
@@ -40,9 +43,12 @@ RESULT_SCHEMA = pa.schema(
         ("width", pa.int32()),
         ("status", pa.string()),  # "ok" or the error class
         ("error", pa.string()),  # error message; null when ok
-        ("mask_png", pa.binary()),  # palette PNG bytes (class index per pixel); null on error
-        ("classes", pa.list_(CLASS_FRACTION)),  # classes present and their pixel fractions
+        ("mask_png", pa.binary()),  # palette PNG bytes (class index per pixel, 255 void); null on error
+        ("confidence_png", pa.binary()),  # greyscale PNG, max class probability x 255; null unless --confidence png
+        ("classes", pa.list_(CLASS_FRACTION)),  # classes present (and void, id 255) and their pixel fractions
         ("uncertainty", pa.float32()),  # mean of 1 - max class probability (before CRF); higher = review first
+        ("mean_confidence", pa.float32()),  # mean of the max class probability (before CRF) = 1 - uncertainty
+        ("mean_entropy", pa.float32()),  # mean per-pixel entropy of the class probabilities (nats, before CRF)
         ("checkpoint_id", pa.string()),  # DeconvNet checkpoint content hash
         ("fcn_checkpoint_id", pa.string()),  # FCN checkpoint content hash (null when not used)
         ("config_hash", pa.string()),  # hash of the result-affecting settings (SegmentConfig.config_hash)
@@ -70,11 +76,24 @@ def encode_mask(mask: np.ndarray, palette: list[list[int]]) -> bytes:
     return buf.getvalue()
 
 
+def encode_grey(image: np.ndarray) -> bytes:
+    """Greyscale ("L" mode) PNG of a uint8 array."""
+    buf = io.BytesIO()
+    Image.fromarray(np.asarray(image, dtype=np.uint8), mode="L").save(buf, format="PNG", optimize=False)
+    return buf.getvalue()
+
+
+def _class_name(c: int, class_names: list[str]) -> str:
+    if c < len(class_names):
+        return class_names[c]
+    return "void" if c == IGNORE_INDEX else f"class_{c}"
+
+
 def class_fractions(mask: np.ndarray, class_names: list[str]) -> list[dict]:
     counts = np.bincount(np.asarray(mask).ravel(), minlength=len(class_names))
     total = max(int(counts.sum()), 1)
     return [
-        {"id": int(c), "name": class_names[c] if c < len(class_names) else f"class_{c}", "fraction": float(n) / total}
+        {"id": int(c), "name": _class_name(c, class_names), "fraction": float(n) / total}
         for c, n in enumerate(counts)
         if n > 0
     ]
@@ -103,22 +122,30 @@ def write_outputs(
     checkpoint_id: str,
     fcn_checkpoint_id: str | None,
     config_hash: str,
+    confidence_maps: bool = False,
 ) -> dict[str, np.ndarray]:
-    """Write one batch's masks and rows; return ``image_id``/``status``/``error``/``mask_key`` per row."""
+    """Write one batch's masks (and confidence maps) and rows; return ``image_id``/``status``/``error`` per row.
+
+    A confidence map is written before its mask, so a mask present means its map is too.
+    """
     results, failures = [], []
     for i, image_id in enumerate(batch["image_id"]):
         image_id, status, error = str(image_id), str(batch["status"][i]), str(batch["error"][i])
-        mask_png, classes = None, None
+        mask_png, confidence_png, classes = None, None, None
         if status == "ok":
             try:
                 mask = batch["mask"][i]
                 mask_png = encode_mask(mask, palette)
                 classes = class_fractions(mask, class_names)
+                if confidence_maps:
+                    confidence_png = encode_grey(batch["confidence"][i])
                 if "png" in formats:
                     key = safe_relpath(str(batch["mask_key"][i]))  # already safe; checked again at the sink
+                    if confidence_maps:
+                        atomic_write(join(output, confidence_key(key)), confidence_png)
                     atomic_write(join(output, key), mask_png)
             except Exception as exc:
-                status, error, mask_png, classes = type(exc).__name__, f"write: {exc}", None, None
+                status, error, mask_png, confidence_png, classes = type(exc).__name__, f"write: {exc}", None, None, None
         ok = status == "ok"
         row = {
             "image_id": image_id,
@@ -128,8 +155,11 @@ def write_outputs(
             "status": status,
             "error": None if ok else error,
             "mask_png": mask_png,
+            "confidence_png": confidence_png,
             "classes": classes,
             "uncertainty": float(batch["uncertainty"][i]) if ok else None,
+            "mean_confidence": float(batch["mean_confidence"][i]) if ok else None,
+            "mean_entropy": float(batch["mean_entropy"][i]) if ok else None,
             "checkpoint_id": checkpoint_id,
             "fcn_checkpoint_id": fcn_checkpoint_id,
             "config_hash": config_hash,

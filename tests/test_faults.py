@@ -183,8 +183,9 @@ def assert_same_outputs(got: dict, want: dict) -> None:
         assert sorted(got[name]) == sorted(want[name])
         for image_id, row in want[name].items():
             other = dict(got[name][image_id])
-            if row.get("uncertainty") is not None:
-                assert other.pop("uncertainty") == pytest.approx(row["uncertainty"], abs=1e-4)
+            for column in ("uncertainty", "mean_confidence", "mean_entropy"):  # float rounding between processes
+                if row.get(column) is not None:
+                    assert other.pop(column) == pytest.approx(row[column], abs=1e-4)
             assert other == {k: v for k, v in row.items() if k in other}, image_id
 
 
@@ -289,6 +290,8 @@ def test_output_names_never_leave_the_output_root(tmp_path, ckpts):
         height=np.full(n, 8, np.int32),
         width=np.full(n, 8, np.int32),
         uncertainty=np.zeros(n, np.float32),
+        mean_confidence=np.ones(n, np.float32),
+        mean_entropy=np.zeros(n, np.float32),
     )
     palette = [[0, 0, 0], [9, 9, 9]]
     write_outputs(

@@ -53,6 +53,8 @@ def _batch(ids: list[str], statuses: list[str]) -> dict[str, np.ndarray]:
         "width": np.array([2 if s == "ok" else 0 for s in statuses], np.int32),
         "mask": masks,
         "uncertainty": np.array([0.25] * len(ids), np.float32),
+        "mean_confidence": np.array([0.75] * len(ids), np.float32),
+        "mean_entropy": np.array([0.5] * len(ids), np.float32),
         "needs_row": np.ones(len(ids), bool),
     }
 

@@ -26,8 +26,8 @@ pytestmark = pytest.mark.slow
 
 # The published output format, written out here rather than imported, so that a change to it fails a test.
 RESULT_COLUMNS = [
-    "image_id", "source", "height", "width", "status", "error", "mask_png", "classes", "uncertainty",
-    "checkpoint_id", "fcn_checkpoint_id", "config_hash",
+    "image_id", "source", "height", "width", "status", "error", "mask_png", "confidence_png", "classes", "uncertainty",
+    "mean_confidence", "mean_entropy", "checkpoint_id", "fcn_checkpoint_id", "config_hash",
 ]
 VOC_COLOURS = [[0, 0, 0], [128, 0, 0], [0, 128, 0], [128, 128, 0], [0, 0, 128], [128, 0, 128], [0, 128, 128]]
 

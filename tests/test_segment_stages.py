@@ -444,6 +444,8 @@ def test_write_outputs_rows_and_atomicity(tmp_path):
         "width": np.array([2, 0], np.int32),
         "mask": masks,
         "uncertainty": np.array([0.25, np.nan], np.float32),
+        "mean_confidence": np.array([0.75, np.nan], np.float32),
+        "mean_entropy": np.array([0.5, np.nan], np.float32),
         "needs_row": np.array([True, True]),
     }
     kw = dict(
@@ -585,11 +587,18 @@ def _changed(value):
     return {"image": "none", "none": "image", "mean": "fcn", "bf16": "fp32"}.get(value, value + "-other")
 
 
+def test_confidence_settings_are_checked(tmp_path):
+    cfg = tiny_config(str(tmp_path / "in"), str(tmp_path / "out"), ("a.safetensors", "b.safetensors"))
+    for bad in (dict(confidence="jpeg"), dict(min_confidence=1.5), dict(min_confidence=-0.1)):
+        with pytest.raises(ValueError, match="confidence"):
+            dataclasses.replace(cfg, **bad).validate()
+
+
 def test_config_hash_changes_with_every_setting_that_changes_a_mask(tmp_path):
     base = tiny_config(str(tmp_path / "in"), str(tmp_path / "out"), ("a.safetensors", "b.safetensors"))
     seen = {base.config_hash()}
     # Every field of the proposal and CRF settings, the ensemble, the precision, the pixel limit.
-    changes = [("max_pixels", None)]
+    changes = [("max_pixels", None), ("min_confidence", None), ("confidence", None)]
     changes += [(f.name, "proposals") for f in dataclasses.fields(base.proposals)]
     changes += [(f.name, "crf") for f in dataclasses.fields(base.crf)]
     changes += [("ensemble", "inference"), ("precision", "inference")]
