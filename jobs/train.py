@@ -57,7 +57,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--width", type=float, default=d["width"], help="channel multiplier (1.0 = paper)")
     p.add_argument("--train-split", default=d["train_split"], help='VOC images trained on; "" for none (SBD only)')
     p.add_argument("--val-split", default=d["val_split"],
-                   help='a split name or a .txt list (path/URL) of --data images; never trained on; "" for no validation')
+                   help='a split name or a .txt list (path/URL) of --data images, never trained on; '
+                   '"" for no validation')
     p.add_argument("--val-max-images", type=int, default=None)
     p.add_argument("--sbd", default=None, help="SBD's dataset/ folder (img/, cls/, inst/, train.txt, val.txt)")
     p.add_argument("--sbd-splits", type=_csv(str), default=d["sbd_splits"],

@@ -22,7 +22,8 @@ square so images batch together, then randomly mirrored.
 
 The batch functions are Ray Data ``map_batches`` stages: a batch of image ids (and
 cached proposals for stage 2; optionally a ``source`` per id, ``"voc"`` for the VOC
-layout under ``root`` or ``"sbd"`` for SBD's ``dataset/`` folder at ``sbd``) in, a batch of fixed-size ``image`` ``uint8 (N, S, S, 3)``
+layout under ``root`` or ``"sbd"`` for SBD's ``dataset/`` folder at ``sbd``)
+in, a batch of fixed-size ``image`` ``uint8 (N, S, S, 3)``
 and ``label`` ``uint8 (N, S, S)`` out (N may differ from the number of ids).
 """
 

@@ -71,7 +71,7 @@ def listed_ids(cfg: TrainConfig) -> tuple[list[dict], dict[str, int]]:
         for i in ids:
             sources.setdefault(i, source)
     counts["union"] = len(sources)
-    val = set(read_split(cfg.data, cfg.val_split)) if cfg.data is not None and cfg.val_split else set()
+    val = set(read_split(cfg.data, cfg.val_split)) if cfg.data is not None and cfg.val_split is not None else set()
     rows = [{"image_id": i, "source": s} for i, s in sources.items() if i not in val]
     counts["in_val_removed"] = counts["union"] - len(rows)
     counts["after_val_removal"] = len(rows)
@@ -86,10 +86,11 @@ def build_training_set(cfg: TrainConfig, *, objects: bool) -> TrainingSet:
     """
     rows, counts = listed_ids(cfg)
     listed = " + ".join(f"{k.replace('_', ' ', 1)} {v}" for k, v in counts.items() if k.startswith(("voc_", "sbd_")))
-    val = f"the validation split ({cfg.val_split})" if cfg.data is not None and cfg.val_split else "no validation split"
+    has_val = cfg.data is not None and cfg.val_split is not None
+    val = f"the validation split ({cfg.val_split})" if has_val else "no validation split"
     print(f"[train] training set: {listed} = {counts['union']} distinct images; {counts['in_val_removed']} in "
           f"{val} removed -> {counts['after_val_removal']}", flush=True)
-    if cfg.sbd is not None and counts["in_val_removed"] == 0 and not (cfg.data is not None and cfg.val_split):
+    if cfg.sbd is not None and not has_val:
         print("[train] warning: no validation split, so nothing is held out of the SBD lists; do not evaluate "
               "this model on VOC images that SBD contains", flush=True)
     if not rows:
@@ -100,12 +101,9 @@ def build_training_set(cfg: TrainConfig, *, objects: bool) -> TrainingSet:
                      batch_size=16, num_cpus=cfg.data_cpus, batch_format="numpy")
         .iter_rows()
     )
-    bad = {}
-    for r in checked:
-        if r["error"]:
-            bad[(str(r["source"]), str(r["image_id"]))] = {"image_id": str(r["image_id"]), "source": str(r["source"]),
-                                                           "path": str(r["path"]), "error": str(r["error"])}
-    skipped = [bad[(r["source"], r["image_id"])] for r in rows if (r["source"], r["image_id"]) in bad]
+    bad = {str(r["image_id"]): {k: str(r[k]) for k in ("image_id", "source", "path", "error")} for r in checked
+           if r["error"]}
+    skipped = [bad[r["image_id"]] for r in rows if r["image_id"] in bad]  # in list order
     for s in skipped:
         print(f"[train] skipped {s['source']} image {s['image_id']}: {s['path']}: {s['error']}", flush=True)
     counts["bad_skipped"] = len(skipped)
@@ -116,7 +114,7 @@ def build_training_set(cfg: TrainConfig, *, objects: bool) -> TrainingSet:
             f"{len(skipped)} of {len(rows)} training images have missing or unreadable files, more than "
             f"--max-bad-examples {cfg.max_bad_examples}; fix or remove them, or allow more:\n{shown}{more}"
         )
-    rows = [r for r in rows if (r["source"], r["image_id"]) not in bad]
+    rows = [r for r in rows if r["image_id"] not in bad]
     counts["used"] = len(rows)
     print(f"[train] training set: {len(rows)} images ({len(skipped)} skipped, at most {cfg.max_bad_examples} "
           "allowed by --max-bad-examples)", flush=True)

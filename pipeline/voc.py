@@ -129,7 +129,7 @@ class MissingFile(BadFile, FileNotFoundError):
 
 
 def read_decoded(path: str, decode: Callable[[bytes], Any]) -> Any:
-    """``decode(bytes of path)``; a missing file raises :class:`MissingFile`, one that fails to decode :class:`BadFile`."""
+    """``decode(bytes of path)``: a missing file raises :class:`MissingFile`, a corrupt one :class:`BadFile`."""
     try:
         data = read_bytes(path)
     except FileNotFoundError:
@@ -161,7 +161,8 @@ def load_sample(root: str, image_id: str, *, objects: bool = True) -> VOCSample:
     A missing or undecodable file raises :class:`BadFile` (:class:`MissingFile`) naming its path.
     """
     image = read_decoded(join(root, "JPEGImages", f"{image_id}.jpg"), decode_image)
-    label_path, obj_path = join(root, "SegmentationClass", f"{image_id}.png"), join(root, "SegmentationObject", f"{image_id}.png")
+    label_path = join(root, "SegmentationClass", f"{image_id}.png")
+    obj_path = join(root, "SegmentationObject", f"{image_id}.png")
     label = read_decoded(label_path, decode_label)
     obj = read_decoded(obj_path, decode_label) if objects else None
     return checked_sample(VOCSample(image_id, image, label, obj), label_path, obj_path)
@@ -171,7 +172,8 @@ def checked_sample(s: VOCSample, label_path: str, objects_path: str) -> VOCSampl
     """``s`` when its label maps have the image's size, else :class:`BadFile` naming the wrong file."""
     for path, arr in ((label_path, s.label), (objects_path, s.objects)):
         if arr is not None and arr.shape != s.image.shape[:2]:
-            raise BadFile(path, f"{arr.shape[0]}x{arr.shape[1]} labels for a {s.image.shape[0]}x{s.image.shape[1]} image")
+            (h, w), (ih, iw) = arr.shape, s.image.shape[:2]
+            raise BadFile(path, f"{h}x{w} labels for a {ih}x{iw} image")
     return s
 
 

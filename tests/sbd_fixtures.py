@@ -63,7 +63,8 @@ def sbd_from_voc_sample(voc_root: str, voc_id: str, sbd_root: str, sbd_id: str) 
         objects[(s.objects == k) & (label == categories[-1])] = len(categories)
     for sub in ("img", "cls", "inst"):
         os.makedirs(os.path.join(sbd_root, sub), exist_ok=True)
-    shutil.copyfile(os.path.join(voc_root, "JPEGImages", f"{voc_id}.jpg"), os.path.join(sbd_root, "img", f"{sbd_id}.jpg"))
+    image = os.path.join(voc_root, "JPEGImages", f"{voc_id}.jpg")
+    shutil.copyfile(image, os.path.join(sbd_root, "img", f"{sbd_id}.jpg"))
     write_cls_mat(os.path.join(sbd_root, "cls", f"{sbd_id}.mat"), label)
     write_inst_mat(os.path.join(sbd_root, "inst", f"{sbd_id}.mat"), objects, categories)
     return label, objects

@@ -2,9 +2,10 @@
 
 Covers: DeconvNet stage 1 -> stage 2 (loss goes down, checkpoints load, stage 2 starts
 from stage 1's exact weights, proposals cached once, a worker process killed part-way is
-restarted by Ray Train from the last checkpoint), and FCN-32s -> 16s -> 8s through ``jobs/train.py`` with an interrupted run
-resumed by re-running the same command, and VOC + SBD (.mat) training sets for both models. Each Ray Train run costs ~30 s of fixed
-start/stop overhead on a 2-core machine, so the scenarios share runs.
+restarted by Ray Train from the last checkpoint), FCN-32s -> 16s -> 8s through ``jobs/train.py``
+with an interrupted run resumed by re-running the same command, and both models on a VOC + SBD
+(.mat) training set. Each Ray Train run costs ~30 s of fixed start/stop overhead on a 2-core
+machine, so the scenarios share runs.
 """
 
 from __future__ import annotations
