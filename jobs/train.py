@@ -112,12 +112,17 @@ def main(args: argparse.Namespace) -> dict[str, str]:
     return done
 
 
-if __name__ == "__main__":
+def cli(argv: list[str] | None = None) -> None:
+    """The command line: usage errors exit 2, too many bad training images exit 1 with the files named."""
     parser = get_args_parser()
-    arguments = parser.parse_args()
-    if arguments.data is None and arguments.sbd is None:
+    args = parser.parse_args(argv)
+    if args.data is None and args.sbd is None:
         parser.error("give --data (a VOC layout), --sbd (SBD's dataset/ folder) or both")
     try:
-        main(arguments)
+        main(args)
     except TooManyBadExamples as exc:
         sys.exit(f"train: stopped: {exc}")
+
+
+if __name__ == "__main__":
+    cli()
