@@ -1,11 +1,18 @@
-"""Train DeconvNet (two stages) or FCN (32s -> 16s -> 8s) on PASCAL VOC 2012 with Ray Train.
+"""Train DeconvNet (two stages) or FCN (32s -> 16s -> 8s) on PASCAL VOC 2012 (+ SBD) with Ray Train.
+
+DeconvNet's training set (VOC 2012 train + SBD train + SBD val, minus VOC 2012 val):
 
     ray job submit --working-dir . -- python jobs/train.py \
-        --data s3://bucket/VOC2012 --model deconvnet --stages 1,2 \
+        --data s3://bucket/VOC2012 --sbd s3://bucket/benchmark_RELEASE/dataset --sbd-splits train,val \
+        --model deconvnet --stages 1,2 \
         --backbone-weights imagenet --num-workers 8 --output s3://bucket/runs/deconvnet
 
+FCN's (SBD train, validated on the seg11valid list of VOC 2011 val images):
+
     ray job submit --working-dir . -- python jobs/train.py \
-        --data s3://bucket/VOC2012 --model fcn --stages 32,16,8 \
+        --data s3://bucket/VOC2011 --train-split "" --val-split s3://bucket/lists/seg11valid.txt \
+        --sbd s3://bucket/benchmark_RELEASE/dataset --sbd-splits train \
+        --model fcn --stages 32,16,8 \
         --backbone-weights imagenet --num-workers 8 --output s3://bucket/runs/fcn
 
 Re-running the same command with the same ``--output`` resumes: finished stages are
@@ -27,7 +34,8 @@ if __package__ in (None, ""):  # `python jobs/train.py`: make the project import
 
 from pipeline.ray_session import add_ray_address_arg, ensure_ray  # noqa: E402
 from pipeline.train_config import LR_SCHEDULES, TrainConfig  # noqa: E402
-from pipeline.train_run import run_training  # noqa: E402
+from pipeline.train_run import TrainingRefused, run_training  # noqa: E402
+from pipeline.train_set import TooManyBadExamples  # noqa: E402
 
 
 def _csv(kind):
@@ -37,7 +45,9 @@ def _csv(kind):
 def get_args_parser() -> argparse.ArgumentParser:
     d = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--data", required=True, help="VOC 2012 layout root (local path or fsspec URL)")
+    p.add_argument("--data", default=None,
+                   help="VOC 2012 layout root (local path or fsspec URL): its train split is trained on, its val "
+                   "split validates; optional with --sbd")
     p.add_argument("--output", required=True, help="run directory (local path or URL); same value = resume")
     p.add_argument("--model", default=d["model"], choices=["deconvnet", "fcn"])
     p.add_argument("--stages", type=_csv(str), default=(), help="deconvnet: 1,2; fcn: 32,16,8 (default: all)")
@@ -45,9 +55,17 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--backbone-weights", default=None, help='"imagenet" or a torchvision VGG16(-BN) .pth file')
     p.add_argument("--init-from", default=None, help="checkpoint the first stage starts from (e.g. a stage-1 or FCN-32s model)")
     p.add_argument("--width", type=float, default=d["width"], help="channel multiplier (1.0 = paper)")
-    p.add_argument("--train-split", default=d["train_split"])
-    p.add_argument("--val-split", default=d["val_split"], help='"" for no validation')
+    p.add_argument("--train-split", default=d["train_split"], help='VOC images trained on; "" for none (SBD only)')
+    p.add_argument("--val-split", default=d["val_split"],
+                   help='a split name or a .txt list (path/URL) of --data images, never trained on; '
+                   '"" for no validation')
     p.add_argument("--val-max-images", type=int, default=None)
+    p.add_argument("--sbd", default=None, help="SBD's dataset/ folder (img/, cls/, inst/, train.txt, val.txt)")
+    p.add_argument("--sbd-splits", type=_csv(str), default=d["sbd_splits"],
+                   help="SBD lists added to the training set (names or .txt paths/URLs)")
+    p.add_argument("--max-bad-examples", type=int, default=d["max_bad_examples"],
+                   help="training images with missing or unreadable files that are skipped (each logged with its "
+                   "path); one more stops the run before training")
     p.add_argument("--resize", type=int, default=d["resize"], help="DeconvNet crops are warped to this square")
     p.add_argument("--crop", type=int, default=d["crop"], help="random training window of the resized crops")
     p.add_argument("--fcn-size", type=int, default=d["fcn_size"], help="FCN images are cropped/padded to this square")
@@ -83,10 +101,7 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
-    cfg = TrainConfig(**{k: v for k, v in vars(args).items() if k != "ray_address"})
-    if cfg.val_split == "":
-        cfg.val_split = None
-    return cfg
+    return TrainConfig(**{k: v for k, v in vars(args).items() if k != "ray_address"})  # "" splits become None
 
 
 def main(args: argparse.Namespace) -> dict[str, str]:
@@ -97,9 +112,20 @@ def main(args: argparse.Namespace) -> dict[str, str]:
     return done
 
 
-if __name__ == "__main__":
+def cli(argv: list[str] | None = None) -> None:
+    """The command line: usage errors exit 2, too many bad training images exit 1 with the files named."""
+    parser = get_args_parser()
+    args = parser.parse_args(argv)
+    if args.data is None and args.sbd is None:
+        parser.error("give --data (a VOC layout), --sbd (SBD's dataset/ folder) or both")
     try:
-        main(get_args_parser().parse_args())
-    except (ValueError, FileNotFoundError) as exc:  # refused before any training
+        main(args)
+    except TooManyBadExamples as exc:
+        sys.exit(f"train: stopped: {exc}")
+    except TrainingRefused as exc:  # before any training: GPUs torch cannot see, memory:// paths
         print(f"train: error: {exc}", file=sys.stderr)
         sys.exit(2)
+
+
+if __name__ == "__main__":
+    cli()

@@ -21,7 +21,9 @@ FCN trains on whole images: each is randomly cropped or zero/void-padded to a fi
 square so images batch together, then randomly mirrored.
 
 The batch functions are Ray Data ``map_batches`` stages: a batch of image ids (and
-cached proposals for stage 2) in, a batch of fixed-size ``image`` ``uint8 (N, S, S, 3)``
+cached proposals for stage 2; optionally a ``source`` per id, ``"voc"`` for the VOC
+layout under ``root`` or ``"sbd"`` for SBD's ``dataset/`` folder at ``sbd``)
+in, a batch of fixed-size ``image`` ``uint8 (N, S, S, 3)``
 and ``label`` ``uint8 (N, S, S)`` out (N may differ from the number of ids).
 """
 
@@ -34,7 +36,8 @@ import numpy as np
 
 from models.classes import IGNORE_INDEX
 from pipeline.proposals import ProposalConfig, ProposalGenerator, enlarge_boxes
-from pipeline.voc import instances, load_sample
+from pipeline.sbd import load_sbd_sample
+from pipeline.voc import BadFile, VOCSample, instances, load_sample
 
 ENLARGE = 1.2  # paper: boxes enlarged 1.2x so the object is centred with context
 
@@ -122,11 +125,30 @@ def _batch(images: list[np.ndarray], labels: list[np.ndarray], ids: list[str], s
     return {"image": np.stack(images), "label": np.stack(labels), "image_id": np.array(ids, dtype=object)}
 
 
-def instance_examples(batch: dict[str, np.ndarray], *, root: str, resize: int, enlarge: float = ENLARGE) -> dict[str, np.ndarray]:
+def load_example(source: str, image_id: str, *, root: str | None, sbd: str | None, objects: bool = True) -> VOCSample:
+    """An image of the training set: from the VOC layout at ``root`` or SBD's folder at ``sbd``."""
+    if source not in ("voc", "sbd"):
+        raise ValueError(f"unknown source {source!r} of {image_id} (voc or sbd)")
+    where = root if source == "voc" else sbd
+    if where is None:
+        raise ValueError(f"{image_id} comes from {source} but no {source} root was given")
+    load = load_sample if source == "voc" else load_sbd_sample
+    return load(where, image_id, objects=objects)
+
+
+def _samples(batch: dict[str, np.ndarray], root: str | None, sbd: str | None, objects: bool = True):
+    sources = batch.get("source")
+    for i, image_id in enumerate(batch["image_id"]):
+        source = "voc" if sources is None else str(sources[i])
+        yield i, load_example(source, str(image_id), root=root, sbd=sbd, objects=objects)
+
+
+def instance_examples(
+    batch: dict[str, np.ndarray], *, root: str | None, resize: int, enlarge: float = ENLARGE, sbd: str | None = None,
+) -> dict[str, np.ndarray]:
     """Stage 1: one ``resize x resize`` crop per ground-truth instance of each image id."""
     images, labels, ids = [], [], []
-    for image_id in batch["image_id"]:
-        s = load_sample(root, str(image_id))
+    for _, s in _samples(batch, root, sbd):
         boxes, _ = instances(s.label, s.objects)
         for box in enlarge_boxes(boxes, enlarge):
             img, lab = crop_box(s.image, s.label, box, resize)
@@ -137,14 +159,13 @@ def instance_examples(batch: dict[str, np.ndarray], *, root: str, resize: int, e
 
 
 def proposal_examples(
-    batch: dict[str, np.ndarray], *, root: str, resize: int, min_iou: float = 0.5, enlarge: float = ENLARGE,
-    max_per_image: int | None = None,
+    batch: dict[str, np.ndarray], *, root: str | None, resize: int, min_iou: float = 0.5, enlarge: float = ENLARGE,
+    max_per_image: int | None = None, sbd: str | None = None,
 ) -> dict[str, np.ndarray]:
     """Stage 2: crops of the cached tight proposals (``boxes``, flattened ``x0, y0, x1, y1``) that pass the IoU rule."""
     images, labels, ids = [], [], []
-    for image_id, flat in zip(batch["image_id"], batch["boxes"]):
-        proposals = np.asarray(flat, np.float32).reshape(-1, 4)
-        s = load_sample(root, str(image_id))
+    for i, s in _samples(batch, root, sbd):
+        proposals = np.asarray(batch["boxes"][i], np.float32).reshape(-1, 4)
         gt, _ = instances(s.label, s.objects)
         kept = proposals[select_proposals(proposals, gt, min_iou)]
         if max_per_image is not None:
@@ -157,12 +178,13 @@ def proposal_examples(
     return _batch(images, labels, ids, resize)
 
 
-def whole_image_examples(batch: dict[str, np.ndarray], *, root: str, size: int, train: bool) -> dict[str, np.ndarray]:
+def whole_image_examples(
+    batch: dict[str, np.ndarray], *, root: str | None, size: int, train: bool, sbd: str | None = None,
+) -> dict[str, np.ndarray]:
     """FCN: each whole image cropped/padded to ``size x size`` (random placement when ``train``)."""
     rng = np.random.default_rng() if train else None
     images, labels, ids = [], [], []
-    for image_id in batch["image_id"]:
-        s = load_sample(root, str(image_id), objects=False)
+    for _, s in _samples(batch, root, sbd, objects=False):
         img, lab = pad_or_crop(s.image, s.label, size, rng)
         images.append(img)
         labels.append(lab)
@@ -189,7 +211,30 @@ def augment(batch: dict[str, np.ndarray], *, crop: int, mirror: bool, train: boo
     return {**batch, "image": out_img, "label": out_lab}
 
 
-def image_proposals(batch: dict[str, np.ndarray], *, root: str, proposal: dict[str, Any]) -> dict[str, Any]:
+def check_examples(batch: dict[str, np.ndarray], *, root: str | None, sbd: str | None, objects: bool) -> dict[str, Any]:
+    """Load every image of the batch as training will: ``error`` and ``path`` say what failed ("" when usable).
+
+    The training set is checked once with this stage before training, so that a missing or
+    corrupt file is a counted skip instead of a failed example-construction task.
+    """
+    out: dict[str, list] = {"image_id": [], "source": [], "error": [], "path": []}
+    for i, image_id in enumerate(batch["image_id"]):
+        source = str(batch["source"][i])
+        error = path = ""
+        try:
+            load_example(source, str(image_id), root=root, sbd=sbd, objects=objects)
+        except BadFile as exc:
+            error, path = exc.reason, exc.path
+        out["image_id"].append(str(image_id))
+        out["source"].append(source)
+        out["error"].append(error)
+        out["path"].append(path)
+    return out
+
+
+def image_proposals(
+    batch: dict[str, np.ndarray], *, root: str | None, proposal: dict[str, Any], sbd: str | None = None,
+) -> dict[str, Any]:
     """Tight EdgeBox proposals (best first) of each image id, for the stage-2 cache.
 
     ``proposal`` holds ``ProposalConfig`` fields; ``enlarge`` is forced to 1 because the
@@ -197,10 +242,9 @@ def image_proposals(batch: dict[str, np.ndarray], *, root: str, proposal: dict[s
     """
     generator = ProposalGenerator(ProposalConfig(**{**proposal, "enlarge": 1.0}))
     out: dict[str, list] = {"image_id": [], "boxes": [], "scores": []}
-    for image_id in batch["image_id"]:
-        s = load_sample(root, str(image_id), objects=False)
+    for _, s in _samples(batch, root, sbd, objects=False):
         boxes, scores = generator(s.image)
-        out["image_id"].append(str(image_id))
+        out["image_id"].append(s.image_id)
         out["boxes"].append(boxes.reshape(-1).astype(np.float32).tolist())
         out["scores"].append(scores.astype(np.float32).tolist())
     return out

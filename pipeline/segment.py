@@ -1,4 +1,4 @@
-"""The segmentation job as one streaming Ray Data chain (DESIGN.md section 3).
+"""The segmentation job as one streaming Ray Data chain.
 
 ::
 

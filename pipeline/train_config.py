@@ -24,7 +24,7 @@ DEFAULT_LR = {"deconvnet": 0.01, "fcn": 1e-4}  # both papers' SGD rates (FCN-VGG
 
 @dataclass
 class TrainConfig:
-    data: str  # VOC 2012 layout root: local folder or fsspec URL
+    data: str | None  # VOC 2012 layout root: local folder or fsspec URL; None = SBD only, no validation
     output: str  # run directory (local or URL): Ray Train runs, proposal cache, exported models
     model: str = "deconvnet"  # "deconvnet" or "fcn"
     stages: tuple[str, ...] = ()  # subset of STAGES[model] in order; empty = all
@@ -32,9 +32,13 @@ class TrainConfig:
     backbone_weights: str | None = None  # None, "imagenet" or a torchvision VGG16(-BN) .pth path
     init_from: str | None = None  # checkpoint the first stage starts from (instead of backbone_weights)
     width: float = 1.0  # channel multiplier; 1.0 = the paper's networks
-    train_split: str = "train"  # ImageSets/Segmentation/<split>.txt (or a .txt path/URL)
-    val_split: str | None = "val"  # None = no validation
+    train_split: str | None = "train"  # ImageSets/Segmentation/<split>.txt (or a .txt path/URL); None = no VOC images
+    val_split: str | None = "val"  # None = no validation; its images are never trained on
     val_max_images: int | None = None  # validate on the first N val images only
+    # SBD (pipeline.sbd): its dataset/ folder and the lists whose images join the training set.
+    sbd: str | None = None
+    sbd_splits: tuple[str, ...] = ("train", "val")  # <sbd>/<split>.txt (or .txt paths/URLs)
+    max_bad_examples: int = 10  # training images with missing/unreadable files skipped before the run stops
     # Example geometry (paper: 250 then a random 224 crop; FCN images fit into fcn_size).
     resize: int = 250
     crop: int = 224
@@ -77,7 +81,18 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         # Ray Train runs workers in their own working directory: local paths must be absolute.
-        self.data, self.output = _absolute(self.data), _absolute(self.output)
+        self.data, self.output, self.sbd = _absolute(self.data), _absolute(self.output), _absolute(self.sbd)
+        self.train_split, self.val_split = self.train_split or None, self.val_split or None
+        self.sbd_splits = tuple(str(s) for s in self.sbd_splits)
+        if self.data is None and self.sbd is None:
+            raise ValueError("no training data: give a VOC layout (data), an SBD folder (sbd), or both")
+        if self.data is None and self.val_split is not None:
+            raise ValueError(f"the validation split {self.val_split!r} is read from the VOC layout: give data, "
+                             "or no validation (val_split None, --val-split '')")
+        if not ((self.data is not None and self.train_split) or (self.sbd is not None and self.sbd_splits)):
+            raise ValueError("no training images: no VOC train split and no SBD split")
+        if self.max_bad_examples < 0:
+            raise ValueError(f"max_bad_examples must be >= 0, got {self.max_bad_examples}")
         self.init_from, self.edge_model = _absolute(self.init_from), _absolute(self.edge_model)
         if self.backbone_weights not in (None, "imagenet"):
             self.backbone_weights = _absolute(self.backbone_weights)

@@ -3,14 +3,18 @@
 Chains (all CPU tasks; the trainer pulls them through ``ray.train.get_dataset_shard``,
 so every epoch re-runs them and draws fresh random crops / mirrors):
 
-    stage 1:      image ids -> instance_examples (one crop per instance) -> augment
+    stage 1:      image ids (pipeline.train_set) -> instance_examples (one crop per instance) -> augment
     stage 2:      cached proposals -> proposal_examples (IoU rule) -> augment
     FCN:          image ids -> whole_image_examples (random crop/pad) -> augment (mirror)
     validation:   DeconvNet: instance crops, centre window; FCN: whole images, centred
 
-Stage-2 proposals are computed once per run, as Ray Data tasks, and cached as
-``<output>/proposals/<split>.parquet`` (image_id, tight boxes best first, scores);
-a re-run (or a resumed run) reads the cache instead of recomputing.
+The training images are a :class:`pipeline.train_set.TrainingSet` (VOC train and SBD
+lists, validation images removed, files checked), each row an ``image_id`` and its
+``source`` (``voc`` or ``sbd``). Stage-2 proposals are computed once per run, as Ray
+Data tasks, and cached as ``<output>/proposals/<training set name>.parquet`` (image_id,
+tight boxes best first, scores; ``train.parquet`` for VOC train alone); a re-run (or a
+resumed run) reads the cache instead of recomputing, unless it lacks an image of the
+training set.
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ from models.storage import atomic_write
 from pipeline.examples import augment, image_proposals, instance_examples, proposal_examples, whole_image_examples
 from pipeline.proposals import ProposalConfig
 from pipeline.train_config import Stage, TrainConfig
+from pipeline.train_set import TrainingSet
 from pipeline.voc import exists, join, read_bytes, read_split
 
 COLUMNS = ["image", "label"]  # what reaches the trainer
@@ -47,25 +52,30 @@ def _map(ds: ray.data.Dataset, fn, cfg: TrainConfig, **kwargs) -> ray.data.Datas
     return ds.map_batches(fn, fn_kwargs=kwargs, batch_size=_IDS_PER_TASK, num_cpus=cfg.data_cpus, batch_format="numpy")
 
 
-def proposals_path(cfg: TrainConfig) -> str:
-    return join(cfg.output, "proposals", f"{cfg.train_split.rsplit('/', 1)[-1].removesuffix('.txt')}.parquet")
+def proposals_path(cfg: TrainConfig, training: TrainingSet) -> str:
+    return join(cfg.output, "proposals", f"{training.name}.parquet")
 
 
 def proposal_config(cfg: TrainConfig) -> ProposalConfig:
     return ProposalConfig(top_k=cfg.proposal_top_k, min_side=cfg.proposal_min_side, enlarge=1.0, edge_model=cfg.edge_model)
 
 
-def cached_proposals(cfg: TrainConfig) -> list[dict]:
-    """Tight proposals of every training image: read from the run's cache, or computed once and cached."""
-    path = proposals_path(cfg)
+def cached_proposals(cfg: TrainConfig, training: TrainingSet) -> list[dict]:
+    """Tight proposals of every training image (``image_id``, ``source``, ``boxes``, ``scores``):
+    read from the run's cache, or computed once and cached."""
+    path = proposals_path(cfg, training)
+    sources = {r["image_id"]: r["source"] for r in training.rows}
     if exists(path):
-        table = pq.read_table(io.BytesIO(read_bytes(path)))
-        print(f"[train] stage-2 proposals: using the cache {path} ({table.num_rows} images)", flush=True)
-        return table.to_pylist()
-    ids = read_split(cfg.data, cfg.train_split)
-    print(f"[train] stage-2 proposals: computing EdgeBoxes for {len(ids)} images -> {path}", flush=True)
-    ds = _map(_ids_dataset([{"image_id": i} for i in ids], cfg), image_proposals, cfg,
-              root=cfg.data, proposal=dataclasses.asdict(proposal_config(cfg)))
+        cached = {r["image_id"]: r for r in pq.read_table(io.BytesIO(read_bytes(path))).to_pylist()}
+        if sources.keys() <= cached.keys():
+            print(f"[train] stage-2 proposals: using the cache {path} ({len(sources)} of its {len(cached)} images)",
+                  flush=True)
+            return [{**cached[i], "source": s} for i, s in sources.items()]
+        print(f"[train] stage-2 proposals: the cache {path} lacks {len(sources.keys() - cached.keys())} training "
+              "images; recomputing it", flush=True)
+    print(f"[train] stage-2 proposals: computing EdgeBoxes for {len(sources)} images -> {path}", flush=True)
+    ds = _map(_ids_dataset(training.rows, cfg), image_proposals, cfg,
+              root=cfg.data, sbd=cfg.sbd, proposal=dataclasses.asdict(proposal_config(cfg)))
     rows = sorted(
         ({"image_id": str(r["image_id"]), "boxes": np.asarray(r["boxes"], np.float32).tolist(),
           "scores": np.asarray(r["scores"], np.float32).tolist()} for r in ds.iter_rows()),
@@ -76,31 +86,31 @@ def cached_proposals(cfg: TrainConfig) -> list[dict]:
     sink = io.BytesIO()
     pq.write_table(table, sink)
     atomic_write(path, sink.getvalue())  # the cache is complete or absent
-    return rows
+    return [{**r, "source": sources[r["image_id"]]} for r in rows]
 
 
-def train_dataset(cfg: TrainConfig, stage: Stage) -> ray.data.Dataset:
+def train_dataset(cfg: TrainConfig, stage: Stage, training: TrainingSet) -> ray.data.Dataset:
     if stage.examples == "proposals":
-        rows = cached_proposals(cfg)
-        rows = [{"image_id": r["image_id"], "boxes": np.asarray(r["boxes"], np.float32)} for r in rows]
+        rows = [{"image_id": r["image_id"], "source": r["source"], "boxes": np.asarray(r["boxes"], np.float32)}
+                for r in cached_proposals(cfg, training)]
     else:
-        rows = [{"image_id": i} for i in read_split(cfg.data, cfg.train_split)]
+        rows = [dict(r) for r in training.rows]
     rows = rows * max(1, -(-MIN_EPOCH_IMAGES // max(len(rows), 1)))
     random.Random(0).shuffle(rows)  # spread images over blocks; blocks are re-ordered every epoch
     ds = _ids_dataset(rows, cfg).randomize_block_order()
     if stage.examples == "instances":
-        ds = _map(ds, instance_examples, cfg, root=cfg.data, resize=cfg.resize)
+        ds = _map(ds, instance_examples, cfg, root=cfg.data, sbd=cfg.sbd, resize=cfg.resize)
     elif stage.examples == "proposals":
-        ds = _map(ds, proposal_examples, cfg, root=cfg.data, resize=cfg.resize, min_iou=cfg.stage2_iou,
+        ds = _map(ds, proposal_examples, cfg, root=cfg.data, sbd=cfg.sbd, resize=cfg.resize, min_iou=cfg.stage2_iou,
                   max_per_image=cfg.stage2_max_per_image)
     else:
-        ds = _map(ds, whole_image_examples, cfg, root=cfg.data, size=cfg.fcn_size, train=True)
+        ds = _map(ds, whole_image_examples, cfg, root=cfg.data, sbd=cfg.sbd, size=cfg.fcn_size, train=True)
     crop = cfg.fcn_size if stage.examples == "whole_images" else cfg.crop
     return _map(ds, augment, cfg, crop=crop, mirror=cfg.mirror, train=True).select_columns(COLUMNS)
 
 
 def val_dataset(cfg: TrainConfig, stage: Stage) -> ray.data.Dataset | None:
-    if not cfg.val_split:
+    if cfg.data is None or not cfg.val_split:
         return None
     ids = read_split(cfg.data, cfg.val_split)[: cfg.val_max_images]
     if not ids:

@@ -271,7 +271,9 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             ckpt = None
             if rank == 0:
                 meta.provenance = {"data": cfg.data, "stage": stage.name, "iteration": it, "metrics": metrics,
-                                   "train_split": cfg.train_split, "val_iou": val["iou"] if val else None}
+                                   "train_split": cfg.train_split, "val_iou": val["iou"] if val else None,
+                                   "sbd": cfg.sbd, "sbd_splits": list(cfg.sbd_splits) if cfg.sbd else None,
+                                   "training_set": config.get("training_set")}
                 save_training_checkpoint(d, module, optimizer, state, meta)
                 ckpt = ray.train.Checkpoint.from_directory(d)
             ray.train.report(metrics, checkpoint=ckpt, checkpoint_dir_name=checkpoint_dir_name(it))

@@ -2,7 +2,8 @@
 
 Run directory layout (``cfg.output``, local or URL)::
 
-    proposals/<split>.parquet        stage-2 proposal cache (DeconvNet)
+    training_set.json                the training images (VOC train + SBD lists - validation), counts, skips
+    proposals/<training set>.parquet stage-2 proposal cache (DeconvNet)
     <stage>/checkpoint_<iteration>/  Ray Train checkpoints of a stage (newest kept)
     <stage>.safetensors              the stage's final model, exported when it finishes
     <stage>.json                     its final metrics
@@ -23,10 +24,12 @@ import ray
 from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchTrainer
 
+from models.classes import VOC_CLASSES
 from models.storage import atomic_write
 from pipeline.train_config import Stage, TrainConfig, stage as make_stage
 from pipeline.train_data import train_dataset, val_dataset
 from pipeline.train_loop import train_loop_per_worker
+from pipeline.train_set import TrainingSet, build_training_set, write_training_set
 from pipeline.train_state import MODEL_FILE
 from pipeline.voc import exists, join, read_bytes, read_class_names
 
@@ -62,10 +65,11 @@ def use_gpu(cfg: TrainConfig) -> bool:
     return ray.cluster_resources().get("GPU", 0) >= cfg.num_workers
 
 
-def train_stage(cfg: TrainConfig, stage: Stage, class_names: list[str], init: str | None) -> dict:
+def train_stage(cfg: TrainConfig, stage: Stage, class_names: list[str], init: str | None,
+                training: TrainingSet) -> dict:
     """Train one stage with Ray Train (resuming if it has checkpoints); returns its last metrics."""
     val = val_dataset(cfg, stage)
-    datasets = {"train": train_dataset(cfg, stage)}
+    datasets = {"train": train_dataset(cfg, stage, training)}
     if val is not None:
         datasets["val"] = val
     gpu = use_gpu(cfg)
@@ -78,6 +82,7 @@ def train_stage(cfg: TrainConfig, stage: Stage, class_names: list[str], init: st
             "class_names": class_names,
             "init": init,
             "has_val": val is not None,
+            "training_set": training.counts,
         },
         scaling_config=ScalingConfig(num_workers=cfg.num_workers, use_gpu=gpu, resources_per_worker=resources),
         run_config=RunConfig(
@@ -97,7 +102,11 @@ def train_stage(cfg: TrainConfig, stage: Stage, class_names: list[str], init: st
     with result.checkpoint.as_directory() as d:
         with open(os.path.join(d, MODEL_FILE), "rb") as f:
             atomic_write(final_model_path(cfg, stage), f.read())
-    return dict(result.metrics or {})
+    return {**(result.metrics or {}), "training_set": training.summary()}
+
+
+class TrainingRefused(ValueError):
+    """A setting the cluster cannot train with, found before any training (the job exits 2)."""
 
 
 @ray.remote(num_cpus=0, num_gpus=1)
@@ -119,7 +128,7 @@ def check_gpus_usable(cfg: TrainConfig) -> None:
     if not use_gpu(cfg) or ray.cluster_resources().get("GPU", 0) < 1:
         return
     if not ray.get(_torch_sees_cuda.remote()):
-        raise ValueError(
+        raise TrainingRefused(
             "the cluster advertises GPUs, but torch on a GPU node sees no CUDA device (a GPU declared with "
             "`ray start --num-gpus` on a machine without one, or without its driver); train on the CPUs with "
             "--use-gpu false"
@@ -128,9 +137,9 @@ def check_gpus_usable(cfg: TrainConfig) -> None:
 
 def check_paths_and_resources(cfg: TrainConfig) -> None:
     """Refuse what cannot work on a cluster; warn when Ray Data would have no CPU left."""
-    for name, url in (("--data", cfg.data), ("--output", cfg.output)):
-        if url.startswith("memory://"):
-            raise ValueError(f"{name} {url}: memory:// lives in one process; Ray workers cannot see it")
+    for name, url in (("--data", cfg.data), ("--sbd", cfg.sbd), ("--output", cfg.output)):
+        if url is not None and url.startswith("memory://"):
+            raise TrainingRefused(f"{name} {url}: memory:// lives in one process; Ray workers cannot see it")
     check_gpus_usable(cfg)
     cpus = ray.cluster_resources().get("CPU", 0)
     free = cpus - cfg.num_workers * cfg.cpus_per_worker
@@ -140,24 +149,36 @@ def check_paths_and_resources(cfg: TrainConfig) -> None:
               "scales up, lower --cpus-per-worker / --data-cpus or training will wait for data forever", flush=True)
 
 
+def run_class_names(cfg: TrainConfig) -> list[str]:
+    """The VOC layout's classes; with SBD they must be VOC's 21 (SBD's labels are VOC class indices)."""
+    names = read_class_names(cfg.data) if cfg.data is not None else list(VOC_CLASSES)
+    if cfg.sbd is not None and names != VOC_CLASSES:
+        raise ValueError(f"SBD's labels are the 21 VOC classes, but {join(cfg.data, 'classes.txt')} lists {names}")
+    return names
+
+
 def run_training(cfg: TrainConfig) -> dict[str, str]:
     """Train every stage of ``cfg`` in order; returns ``{stage name: exported model path}``."""
     check_paths_and_resources(cfg)
-    class_names = read_class_names(cfg.data)
+    class_names = run_class_names(cfg)
     init = cfg.init_from
     done: dict[str, str] = {}
+    training = None
     for stage in cfg.plan():
         final = final_model_path(cfg, stage)
         if exists(final):
             print(f"[train] {stage.name}: already finished ({final}), skipping", flush=True)
         else:
+            if training is None:  # once per run, and only when a stage is left to train
+                training = build_training_set(cfg, objects=cfg.model == "deconvnet")
+                write_training_set(cfg, training)
             init = stage_init(cfg, stage, init)
             print(f"[train] {stage.name}: {stage.iterations} iterations on {cfg.num_workers} worker(s), "
                   f"global batch {cfg.batch_size * cfg.num_workers * cfg.accumulation} "
                   f"({cfg.batch_size} x {cfg.num_workers} workers x {cfg.accumulation} accumulated), "
                   f"starting from {init or cfg.backbone_weights or 'random init'}", flush=True)
             t0 = time.time()
-            metrics = train_stage(cfg, stage, class_names, init)
+            metrics = train_stage(cfg, stage, class_names, init, training)
             atomic_write(join(cfg.output, f"{stage.name}.json"), json.dumps(metrics, indent=1, default=str).encode())
             print(f"[train] {stage.name}: done in {time.time() - t0:.0f}s -> {final}", flush=True)
         done[stage.name] = final

@@ -15,8 +15,9 @@ class under it in ``SegmentationClass`` (VOC gives every instance one class).
 from __future__ import annotations
 
 import io
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import fsspec
 import numpy as np
@@ -115,6 +116,32 @@ def _colours_to_indices(rgb: np.ndarray, palette: Sequence[Sequence[int]]) -> np
     return index[inverse].reshape(packed.shape).astype(np.uint8)
 
 
+class BadFile(ValueError):
+    """A file of a sample cannot be used; ``path`` names it and ``reason`` says why."""
+
+    def __init__(self, path: str, reason: str):
+        super().__init__(f"{path}: {reason}")
+        self.path, self.reason = path, reason
+
+
+class MissingFile(BadFile, FileNotFoundError):
+    """A file of a sample does not exist."""
+
+
+def read_decoded(path: str, decode: Callable[[bytes], Any]) -> Any:
+    """``decode(bytes of path)``: a missing file raises :class:`MissingFile`, a corrupt one :class:`BadFile`."""
+    try:
+        data = read_bytes(path)
+    except FileNotFoundError:
+        raise MissingFile(path, "missing") from None
+    try:
+        return decode(data)
+    except BadFile:
+        raise
+    except Exception as exc:  # whatever the decoder raises on a corrupt file (PIL, scipy, numpy)
+        raise BadFile(path, f"unreadable ({type(exc).__name__}: {exc})") from exc
+
+
 def decode_image(data: bytes) -> np.ndarray:
     with Image.open(io.BytesIO(data)) as img:
         return np.asarray(img.convert("RGB"), dtype=np.uint8)
@@ -129,14 +156,25 @@ class VOCSample:
 
 
 def load_sample(root: str, image_id: str, *, objects: bool = True) -> VOCSample:
-    """One image with its class labels (and instance labels when ``objects``)."""
-    image = decode_image(read_bytes(join(root, "JPEGImages", f"{image_id}.jpg")))
-    label = decode_label(read_bytes(join(root, "SegmentationClass", f"{image_id}.png")))
-    obj = decode_label(read_bytes(join(root, "SegmentationObject", f"{image_id}.png"))) if objects else None
-    for name, arr in (("SegmentationClass", label), ("SegmentationObject", obj)):
-        if arr is not None and arr.shape != image.shape[:2]:
-            raise ValueError(f"{image_id}: {name} is {arr.shape}, image is {image.shape[:2]}")
-    return VOCSample(image_id, image, label, obj)
+    """One image with its class labels (and instance labels when ``objects``).
+
+    A missing or undecodable file raises :class:`BadFile` (:class:`MissingFile`) naming its path.
+    """
+    image = read_decoded(join(root, "JPEGImages", f"{image_id}.jpg"), decode_image)
+    label_path = join(root, "SegmentationClass", f"{image_id}.png")
+    obj_path = join(root, "SegmentationObject", f"{image_id}.png")
+    label = read_decoded(label_path, decode_label)
+    obj = read_decoded(obj_path, decode_label) if objects else None
+    return checked_sample(VOCSample(image_id, image, label, obj), label_path, obj_path)
+
+
+def checked_sample(s: VOCSample, label_path: str, objects_path: str) -> VOCSample:
+    """``s`` when its label maps have the image's size, else :class:`BadFile` naming the wrong file."""
+    for path, arr in ((label_path, s.label), (objects_path, s.objects)):
+        if arr is not None and arr.shape != s.image.shape[:2]:
+            (h, w), (ih, iw) = arr.shape, s.image.shape[:2]
+            raise BadFile(path, f"{h}x{w} labels for a {ih}x{iw} image")
+    return s
 
 
 def instance_regions(objects: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -2,9 +2,10 @@
 
 Covers: DeconvNet stage 1 -> stage 2 (loss goes down, checkpoints load, stage 2 starts
 from stage 1's exact weights, proposals cached once, a worker process killed part-way is
-restarted by Ray Train from the last checkpoint), and FCN-32s -> 16s -> 8s through ``jobs/train.py`` with an interrupted run
-resumed by re-running the same command. Each Ray Train run costs ~30 s of fixed
-start/stop overhead on a 2-core machine, so the scenarios share runs.
+restarted by Ray Train from the last checkpoint), FCN-32s -> 16s -> 8s through ``jobs/train.py``
+with an interrupted run resumed by re-running the same command, and both models on a VOC + SBD
+(.mat) training set. Each Ray Train run costs ~30 s of fixed start/stop overhead on a 2-core
+machine, so the scenarios share runs.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import torch
 from safetensors.torch import load_file
 
 from models import load_checkpoint
+from models.classes import VOC_CLASSES
 from models.fcn import FCN
 from pipeline.metrics import ConfusionMatrix
 from pipeline.synthvoc import SYNTH_CLASSES
@@ -160,3 +162,51 @@ def test_fcn_chain_interrupted_and_resumed_through_job(ray_local, synth_voc, tmp
         assert _state(os.path.join(out, fine))["init_fingerprint"] == weights_fingerprint(expected)
     x = torch.randn(1, 3, 70, 90)
     assert models["fcn8s"](x).shape == (1, len(SYNTH_CLASSES), 70, 90)
+
+
+def test_voc_plus_sbd_both_models(ray_local, paper_sets, tmp_path):
+    """The papers' training sets in miniature: two iterations of each model from SBD .mat files."""
+    voc, sbd, leak, own, dup = (paper_sets[k] for k in ("voc", "sbd", "leak", "own", "dup"))
+    voc_train = (Path(voc) / "ImageSets" / "Segmentation" / "train.txt").read_text().split()
+
+    # DeconvNet: VOC train + SBD train + SBD val, minus VOC val (the leak, in SBD train, never trains).
+    out = str(tmp_path / "deconvnet")
+    cfg = _tiny(data=voc, sbd=sbd, sbd_splits=("train", "val"), output=out, model="deconvnet", iterations=(2, 2),
+                resize=232, crop=224, checkpoint_every=2, bn_batches=1, proposal_min_side=20, val_max_images=1)
+    done = run_training(cfg)
+    assert list(done) == ["deconvnet-stage1", "deconvnet-stage2"]
+    record = json.loads(Path(out, "training_set.json").read_text())
+    counts = {"voc_train": 6, "sbd_train": 5, "sbd_val": 2, "union": 11, "in_val_removed": 1, "after_val_removal": 10,
+              "bad_skipped": 0, "used": 10}
+    assert record["counts"] == counts and record["skipped"] == []
+    assert record["ids"] == {"voc": voc_train, "sbd": [own[0], own[1], own[2], own[3]]}  # dup read from VOC
+    for name in done:
+        assert json.loads(Path(out, f"{name}.json").read_text())["training_set"]["counts"] == counts
+        model, meta = load_checkpoint(done[name])
+        assert meta.class_names == VOC_CLASSES and meta.provenance["training_set"] == counts
+        assert _state(os.path.join(out, name))["iteration"] == 2
+    # Stage 2's proposals were computed for exactly the training images, SBD's included.
+    cache = pq.read_table(os.path.join(out, "proposals", "train+sbd-train+sbd-val.parquet"))
+    assert sorted(cache.column("image_id").to_pylist()) == sorted(voc_train + own)
+
+    # FCN through the job: SBD train only, validated on a list of VOC val images (as seg11valid).
+    valid = tmp_path / "seg11valid.txt"
+    val_ids = (Path(voc) / "ImageSets" / "Segmentation" / "val.txt").read_text().split()[:2]
+    valid.write_text("".join(f"{i}\n" for i in val_ids))
+    assert leak in val_ids
+    fcn_out = str(tmp_path / "fcn")
+    job = _job()
+    args = job.get_args_parser().parse_args([
+        "--data", voc, "--train-split", "", "--val-split", str(valid), "--sbd", sbd, "--sbd-splits", "train",
+        "--output", fcn_out, "--model", "fcn", "--stages", "32", "--iterations", "2", "--width", "0.0625",
+        "--fcn-size", "64", "--batch-size", "2", "--global-batch", "4", "--num-workers", "2", "--checkpoint-every", "2",
+        "--bn-batches", "1", "--data-cpus", "0.5", "--max-bad-examples", "0",
+    ])
+    done = job.main(args)
+    record = json.loads(Path(fcn_out, "training_set.json").read_text())
+    assert record["counts"] == {"sbd_train": 5, "union": 5, "in_val_removed": 1, "after_val_removal": 4,
+                                "bad_skipped": 0, "used": 4}
+    assert record["ids"] == {"sbd": [own[0], own[1], own[2], dup]}
+    s32 = _state(os.path.join(fcn_out, "fcn32s"))
+    assert s32["iteration"] == 2 and 0 <= s32["history"][-1]["val_mean_iou"] <= 1
+    assert load_checkpoint(done["fcn32s"])[1].class_names == VOC_CLASSES

@@ -61,6 +61,23 @@ def test_job_flags_map_onto_the_config():
     assert cfg.stages == ("1", "2") and cfg.iterations == (100, 200) and cfg.backbone_weights == "imagenet"
     assert cfg.mirror is False and cfg.lr == 0.01
     assert "ray job submit --working-dir . -- python jobs/train.py" in job.__doc__
+    assert (cfg.sbd, cfg.sbd_splits, cfg.max_bad_examples) == (None, ("train", "val"), 10)
+    # FCN's training set: SBD train only, validated on a list file of VOC images.
+    fcn = job.config_from_args(job.get_args_parser().parse_args(
+        ["--data", "s3://b/VOC2011", "--train-split", "", "--val-split", "s3://b/seg11valid.txt", "--sbd",
+         "s3://b/dataset", "--sbd-splits", "train", "--max-bad-examples", "3", "--output", "o", "--model", "fcn"]))
+    assert (fcn.train_split, fcn.val_split, fcn.sbd, fcn.sbd_splits, fcn.max_bad_examples) == (
+        None, "s3://b/seg11valid.txt", "s3://b/dataset", ("train",), 3)
+
+
+def test_training_data_must_be_given():
+    assert TrainConfig(data=None, sbd="sbd", val_split="", output="o").val_split is None  # SBD alone, no validation
+    for bad, match in ((dict(data=None), "no training data"), (dict(data=None, sbd="s"), "read from the VOC layout"),
+                       (dict(data="d", train_split=""), "no training images"),
+                       (dict(data="d", train_split="", sbd="s", sbd_splits=()), "no training images"),
+                       (dict(data="d", max_bad_examples=-1), "max_bad_examples")):
+        with pytest.raises(ValueError, match=match):
+            TrainConfig(output="o", **bad)
 
 
 def test_lr_schedules():
