@@ -242,7 +242,7 @@ def evaluate(cfg: EvalConfig, *, num_classes: int, rows: list[dict], palette: li
     from pipeline.ray_session import ensure_ray
     from pipeline.segment import JobStalled, stage_resources, stall_message
     from pipeline.segment_config import SegmentConfig
-    from pipeline.stall_guard import StallGuard
+    from pipeline.stall_guard import Stalled, guarded
 
     ensure_ray(cfg.ray_address)
     sizing = SegmentConfig(input="", output="", checkpoint="", layout="split", autoscaling=cfg.autoscaling)
@@ -288,30 +288,28 @@ def evaluate(cfg: EvalConfig, *, num_classes: int, rows: list[dict], palette: li
             batch_size=4, batch_format="numpy", num_cpus=share, compute=pool(res.crf_actors, 4),
         )
     )
-    ds.context.execution_no_progress_timeout_s = -1  # the StallGuard below decides (pipeline.stall_guard)
+    ds.context.execution_no_progress_timeout_s = -1  # the guard below decides (pipeline.stall_guard)
     totals = {v: ConfusionMatrix(num_classes) for v in variants}
     recall = np.zeros((len(SIZES), 1 + len(RECALL_IOUS)), np.int64)
     scored, failed = 0, []
-    guard = StallGuard(cfg.stall_minutes, lambda: stall_message("evaluate", cfg.stall_minutes, res))
+    def describe() -> str:
+        return stall_message("evaluate", cfg.stall_minutes, res)
+
     try:
-        with guard:
-            for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
-                guard.tick()
-                for variant, mat, n, errs, counts in zip(
-                    batch["variant"], batch["matrix"], batch["scored"], batch["failed"], batch["recall"]
-                ):
-                    if variant == "":
-                        failed += [str(e) for e in errs]
-                        recall += np.asarray(counts, np.int64)
-                        continue
-                    totals.setdefault(str(variant), ConfusionMatrix(num_classes))
-                    totals[str(variant)].merge(np.asarray(mat, np.int64).reshape(num_classes, num_classes))
-                    if variant == variants[0]:
-                        scored += int(n)
-    except KeyboardInterrupt:
-        if guard.report is None:  # the user's Ctrl-C
-            raise
-        raise JobStalled(f"{guard.report}\nevaluate: stopped; nothing was written, the same command starts over.") from None
+        for batch in guarded(ds.iter_batches(batch_size=None, batch_format="numpy"), cfg.stall_minutes, describe):
+            for variant, mat, n, errs, counts in zip(
+                batch["variant"], batch["matrix"], batch["scored"], batch["failed"], batch["recall"]
+            ):
+                if variant == "":
+                    failed += [str(e) for e in errs]
+                    recall += np.asarray(counts, np.int64)
+                    continue
+                totals.setdefault(str(variant), ConfusionMatrix(num_classes))
+                totals[str(variant)].merge(np.asarray(mat, np.int64).reshape(num_classes, num_classes))
+                if variant == variants[0]:
+                    scored += int(n)
+    except Stalled as stall:
+        raise JobStalled(f"{stall}\nevaluate: stopped; nothing was written, the same command starts over.") from None
     seconds = time.time() - start
     return {
         "metrics": {v: cm.compute() for v, cm in totals.items()},

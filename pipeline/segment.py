@@ -47,7 +47,7 @@ from pipeline.sources import (
     scan_output,
     url_to_fs,
 )
-from pipeline.stall_guard import StallGuard
+from pipeline.stall_guard import Stalled, guarded
 
 
 # Rows per block of the listing (cheap to make: one driver put per block) and per block after the read
@@ -297,7 +297,7 @@ def build_dataset(cfg: SegmentConfig, plan: Plan, res: StageResources):
     # The dataset's own copy of the DataContext: the limits apply to this run only.
     options = ds.context.execution_options
     options.resource_limits = options.resource_limits.copy(object_store_memory=res.object_store_bytes)
-    ds.context.execution_no_progress_timeout_s = -1  # the job's own StallGuard decides (pipeline.stall_guard)
+    ds.context.execution_no_progress_timeout_s = -1  # the job's own guard decides (pipeline.stall_guard)
     return ds
 
 
@@ -547,22 +547,22 @@ def run(cfg: SegmentConfig, plan: Plan | None = None) -> dict:
     progress = ProgressReporter(
         join(cfg.output, PROGRESS_FILE), len(plan.todo), skipped=plan.n_skipped, interval=cfg.progress_interval
     )
-    guard = StallGuard(cfg.stall_minutes, lambda: stall_message("segment_dataset", cfg.stall_minutes, res))
+    def describe() -> str:
+        return stall_message("segment_dataset", cfg.stall_minutes, res)
+
     try:
-        with progress, guard:
+        with progress:
             if plan.todo:
-                for batch in build_dataset(cfg, plan, res).iter_batches(batch_size=None, batch_format="numpy"):
+                batches = build_dataset(cfg, plan, res).iter_batches(batch_size=None, batch_format="numpy")
+                for batch in guarded(batches, cfg.stall_minutes, describe):
                     for image_id, status in zip(batch["image_id"], batch["status"]):
                         duplicates += image_id in seen
                         seen.add(str(image_id))
                         statuses[str(status)] += 1
                     progress.add(batch["status"])
-                    guard.tick()
-    except KeyboardInterrupt:
-        if guard.report is None:  # the user's Ctrl-C
-            raise
+    except Stalled as stall:
         raise JobStalled(
-            f"{guard.report}\nsegment_dataset: stopped after {len(seen)} of {len(plan.todo)} images. What was "
+            f"{stall}\nsegment_dataset: stopped after {len(seen)} of {len(plan.todo)} images. What was "
             "written is complete, and the same command resumes."
         ) from None
     except Exception as exc:

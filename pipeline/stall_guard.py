@@ -2,10 +2,12 @@
 
 A Ray Data run can wait forever: an actor pool that asks for a GPU no node has, tasks that
 never find a free CPU slot, a worker stuck on one input. The driver then sees no result
-and no error. ``StallGuard`` is a thread of the driver: when no row has finished for
-``minutes``, it asks ``describe()`` what the run waits for (while the stalled actors and
-tasks still exist, so Ray's state API can name them), then interrupts the driver's main
-thread, which turns the interrupt into ``JobStalled`` (``pipeline.segment``).
+and no error. ``guarded(rows, minutes, describe)`` iterates ``rows`` in a thread of its own
+and hands each item to the caller; when none has come for ``minutes``, it asks
+``describe()`` what the run waits for (while the stalled actors and tasks still exist, so
+Ray's state API can name them) and raises ``Stalled`` with that report in the caller's
+thread. The iterating thread is a daemon: it ends with the process (the jobs exit), and
+the job's outputs are whatever was written, complete, as after any stop.
 
 Ray Data has a clock of its own (``DataContext.execution_no_progress_timeout_s``, 30
 minutes by default, which counts blocks moving between stages rather than rows finishing);
@@ -14,56 +16,63 @@ the jobs turn it off for their datasets so that one clock, this one, decides and
 
 from __future__ import annotations
 
-import _thread
+import queue
 import threading
 import time
-from collections.abc import Callable
-from typing import Self
+from collections.abc import Callable, Iterable, Iterator
+from typing import TypeVar
+
+T = TypeVar("T")
 
 
-class StallGuard:
-    """Context manager around a run: ``tick()`` whenever rows finish.
+class Stalled(Exception):
+    """No item came for the guard's minutes; ``str()`` is ``describe()``'s report."""
 
-    After the block, ``report`` is None, or the ``describe()`` text of a stall; a
-    ``KeyboardInterrupt`` leaving the block with ``report`` set came from the guard, not
-    from the user. ``minutes`` 0 turns the guard off.
+
+def guarded(
+    items: Iterable[T],
+    minutes: float,
+    describe: Callable[[], str],
+    *,
+    poll: float = 1.0,
+    clock: Callable[[], float] = time.monotonic,
+) -> Iterator[T]:
+    """``items``, raising Stalled when none has come for ``minutes`` (0: no limit, plain iteration).
+
+    The items are produced in a daemon thread, so a wait inside ``items`` (Ray Data waiting
+    for resources, in C code that a signal could not interrupt) never blocks the check.
+    An exception of ``items`` is raised here, in the caller's thread.
     """
+    if minutes <= 0:
+        yield from items
+        return
+    timeout = minutes * 60
+    handoff: queue.Queue = queue.Queue(maxsize=1)
 
-    def __init__(
-        self, minutes: float, describe: Callable[[], str], *, clock: Callable[[], float] = time.monotonic
-    ) -> None:
-        self.timeout = minutes * 60
-        self.describe, self.clock = describe, clock
-        self.report: str | None = None
-        self._last = clock()
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+    def produce() -> None:
+        try:
+            for item in items:
+                handoff.put(("item", item))
+            handoff.put(("done", None))
+        except BaseException as exc:  # handed to the caller, which raises it
+            handoff.put(("error", exc))
 
-    def tick(self) -> None:
-        self._last = self.clock()
-
-    def idle_seconds(self) -> float:
-        return self.clock() - self._last
-
-    def _loop(self) -> None:
-        poll = min(10.0, max(self.timeout / 10, 0.1))
-        while not self._stop.wait(poll):
-            if self.idle_seconds() >= self.timeout:
+    threading.Thread(target=produce, name="stall-guarded-rows", daemon=True).start()
+    last = clock()
+    while True:
+        try:
+            kind, value = handoff.get(timeout=min(poll, timeout))
+        except queue.Empty:
+            if clock() - last >= timeout:
                 try:
-                    self.report = self.describe()
+                    report = describe()
                 except Exception as exc:  # the stall is the news; a failed description must not hide it
-                    self.report = f"no row finished for {self.timeout / 60:g} minutes ({type(exc).__name__}: {exc})"
-                _thread.interrupt_main()
-                return
-
-    def __enter__(self) -> Self:
-        self.tick()
-        if self.timeout > 0:
-            self._thread = threading.Thread(target=self._loop, name="stall-guard", daemon=True)
-            self._thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join()
+                    report = f"no row finished for {minutes:g} minutes ({type(exc).__name__}: {exc})"
+                raise Stalled(report) from None
+            continue
+        if kind == "done":
+            return
+        if kind == "error":
+            raise value
+        last = clock()
+        yield value

@@ -47,12 +47,17 @@ def test_committed_checkpoints_load_and_fit_in_10_mb():
     assert set(card) == set(VARIANTS), card
 
 
+MAKE_VARS = {"MAKELEVEL", "MAKEFLAGS", "MFLAGS", "MAKEOVERRIDES", "MAKE_TERMOUT", "MAKE_TERMERR"}
+
+
 @pytest.mark.slow
 def test_make_demo_labels_the_sample_bucket_and_matches_the_model_card(tmp_path):
     out = tmp_path / "demo"
     # The Makefile's own recipe, hermetic: this test's interpreter (PY=...), never an install (-o: the
     # venv's stamp counts as up to date), and a private Ray head even if the caller has a cluster.
-    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
+    # Nor the settings of a make that runs this test (`make test`: MAKELEVEL makes the inner make print
+    # "Entering directory" lines).
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_") and k not in MAKE_VARS}
     make = ["make", "-o", ".venv/.installed-stamp", "demo", f"PY={sys.executable}", f"DEMO_OUT={out}"]
     dry = subprocess.run([*make, "--dry-run"], cwd=REPO, env=env, capture_output=True, text=True, check=True)
     assert "pip install" not in dry.stdout and dry.stdout.startswith(sys.executable), dry.stdout

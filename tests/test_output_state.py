@@ -194,21 +194,27 @@ def test_segment_job_under_a_umask_writes_readable_outputs_and_reports_progress(
     assert summary["complete"] and summary["totals"]["masks"] == 2 and summary["last_run"]["written"] == 2
 
 
-def test_stall_guard_interrupts_a_run_whose_rows_stopped_and_spares_one_that_ticks():
-    from pipeline.stall_guard import StallGuard
+def test_stall_guard_stops_rows_that_stopped_and_spares_rows_that_come():
+    from pipeline.stall_guard import Stalled, guarded
 
-    guard = StallGuard(0.3 / 60, lambda: "stage X waits for 1 GPU")  # 0.3 s
-    with pytest.raises(KeyboardInterrupt), guard:
-        for _ in range(200):  # a driver waiting on a run that never yields a row
-            time.sleep(0.05)
-    assert guard.report == "stage X waits for 1 GPU"
-    busy = StallGuard(0.3 / 60, lambda: "never asked")
-    with busy:
-        for _ in range(20):  # 1 s of rows arriving every 0.05 s: never idle for 0.3 s
-            time.sleep(0.05)
-            busy.tick()
-    assert busy.report is None
-    off = StallGuard(0, lambda: "never asked")
-    with off:
-        time.sleep(0.2)
-    assert off.report is None and off._thread is None
+    def rows(n: int, then_wait: float, every: float = 0.0):
+        for i in range(n):
+            time.sleep(every)
+            yield i
+        time.sleep(then_wait)  # a run waiting for resources: no error, no row
+
+    got = []
+    with pytest.raises(Stalled, match="stage X waits for 1 GPU"):
+        for row in guarded(rows(3, then_wait=60), 0.3 / 60, lambda: "stage X waits for 1 GPU", poll=0.05):
+            got.append(row)
+    assert got == [0, 1, 2]  # every row that came was handed over first
+    # Rows every 0.05 s for 1 s, then the end: never idle for 0.3 s.
+    assert list(guarded(rows(20, then_wait=0, every=0.05), 0.3 / 60, lambda: "never asked", poll=0.05)) == list(range(20))
+
+    def failing():
+        yield 1
+        raise OSError("the run failed")
+
+    with pytest.raises(OSError, match="the run failed"):  # an error of the run reaches the caller as it is
+        list(guarded(failing(), 0.3 / 60, lambda: "never asked", poll=0.05))
+    assert list(guarded(rows(2, then_wait=0.5), 0, lambda: "never asked")) == [0, 1]  # 0: no limit
