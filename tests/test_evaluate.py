@@ -173,6 +173,14 @@ def test_baseline_comparison_exit_codes(synth_voc, tmp_path, capsys):
     other = _args(synth_voc, good, tmp_path / "other", *quick, "--split", "train", "--max-images", "2", "--baseline", baseline)
     assert evaluate_job.main(other) == EXIT_MISMATCH
     assert not (tmp_path / "other" / "report.json").exists()
+    forced = _args(synth_voc, good, tmp_path / "forced", *quick, "--split", "train", "--max-images", "2",
+                   "--baseline", baseline, "--force-compare")
+    assert evaluate_job.main(forced) != EXIT_MISMATCH
+    assert json.loads((tmp_path / "forced" / "report.json").read_text())["comparison"]["baseline"] == baseline
+    # Thresholds loose enough to let the worse models through: the flags reach the comparison.
+    loose = _args(synth_voc, worse, tmp_path / "loose", *quick, "--baseline", baseline, "--miou-drop", "100",
+                  "--class-drop", "100")
+    assert evaluate_job.main(loose) == EXIT_OK
 
 
 def test_bad_arguments_fail_before_work(synth_voc, tmp_path):

@@ -51,6 +51,8 @@ def test_cli_fails_fast_on_bad_arguments(tmp_path):
     ckpts = make_checkpoints(tmp_path / "ckpt")
     inp = tmp_path / "images"
     write_images(inp, {"one.jpg": (32, 32)})
+    bad_edges = tmp_path / "edges.yml.gz"
+    bad_edges.write_bytes(b"not a model")
     script = [sys.executable, str(REPO / "jobs" / "segment_dataset.py")]
     cases = {
         "checkpoint not found": [
@@ -109,13 +111,49 @@ def test_cli_fails_fast_on_bad_arguments(tmp_path):
             "--crf-actors",
             "2",
         ],
+        "structured-edge model": [
+            "--input",
+            str(inp),
+            "--output",
+            str(tmp_path / "o5"),
+            "--checkpoint",
+            ckpts[0],
+            "--fcn-checkpoint",
+            ckpts[1],
+            "--edge-model",
+            str(bad_edges),
+        ],
     }
     for message, args in cases.items():
         done = subprocess.run(script + args, capture_output=True, text=True, timeout=120, cwd=tmp_path)
         assert done.returncode == 2, done.stderr[-2000:]
         assert message in done.stderr and "Traceback" not in done.stderr
     assert not (tmp_path / "o1").exists() and not (tmp_path / "o3").exists() and not (inp / "masks").exists()
-    assert not (tmp_path / "o4").exists()
+    assert not (tmp_path / "o4").exists() and not (tmp_path / "o5").exists()
+
+
+def test_cli_flags_reach_the_config():
+    """Every flag a user can give ends up in the job's SegmentConfig as it means (no Ray needed)."""
+    sys.path.insert(0, str(REPO / "jobs"))
+    import segment_dataset as job
+
+    def cfg(*extra: str):
+        base = ["--input", "in", "--output", "out", "--checkpoint", "d.safetensors", "--fcn-checkpoint", "f.safetensors"]
+        return job.config_from_args(job.get_args_parser().parse_args([*base, *extra]))
+
+    default = cfg()
+    assert default.skip_existing and default.formats == ("png", "parquet") and default.inference.ensemble == "mean"
+    assert default.stall_minutes == 30 and not default.autoscaling
+    assert cfg("--no-skip-existing").skip_existing is False
+    assert cfg("--format", "parquet").formats == ("parquet",)
+    assert cfg("--ensemble", "none").inference.ensemble == "deconvnet"  # DeconvNet alone
+    assert cfg("--ensemble", "fcn").inference.ensemble == "fcn"
+    assert cfg("--extensions", "jpg, .PNG,tif").extensions == ("jpg", ".PNG", "tif")
+    assert cfg("--stall-minutes", "2.5", "--autoscaling").stall_minutes == 2.5
+    assert cfg("--autoscaling").autoscaling is True
+    assert cfg("--crf", "off").crf.enabled is False
+    sized = cfg("--layout", "split", "--model-gpus", "0.5", "--model-actors", "2", "--crf-actors", "3")
+    assert (sized.layout, sized.model_gpus, sized.model_actors, sized.crf_actors) == ("split", 0.5, 2, 3)
 
 
 def test_cluster_yaml_is_a_valid_launcher_config():

@@ -5,6 +5,7 @@ One Ray session (2 CPUs, like the CI machine) serves every test of this module.
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 import os
@@ -254,3 +255,25 @@ def test_s3_input_and_output_png_only(tmp_path, ckpts, ray_session, s3_server):
         "inputs": 3, "done": 3, "missing": 0, "ok_rows": 0, "error_rows": 1,
         "error_classes": {ref["broken.jpg"]["status"]: 1}, "masks": 2,
     }
+
+
+def test_single_file_input_parquet_only_then_no_skip_existing(tmp_path, ckpts, ray_session):
+    """One file as the input, ``--format parquet`` alone, then a rerun that skips it and one with
+    ``--no-skip-existing`` that redoes it without adding a second row."""
+    write_images(tmp_path / "in", {"solo.jpg": (40, 52), "other.jpg": (40, 52)}, seed=5)
+    out = tmp_path / "out"
+    cfg = tiny_config(str(tmp_path / "in" / "solo.jpg"), str(out), ckpts, format="parquet")
+    first = run(cfg)["last_run"]
+    assert (first["inputs"], first["processed"], first["written"]) == (1, 1, 1)  # other.jpg is not the input
+    assert not list(out.rglob("*.png"))  # Parquet alone: no mask files
+    rows = pq.read_table(out / "_parquet").to_pylist()
+    assert [r["image_id"] for r in rows] == ["solo.jpg"] and _png_bytes_shape(rows[0]["mask_png"]) == (40, 52)
+    skipped = run(cfg)["last_run"]
+    assert (skipped["processed"], skipped["skipped_existing"]) == (0, 1)
+    again = run(dataclasses.replace(cfg, skip_existing=False))["last_run"]
+    assert (again["processed"], again["skipped_existing"]) == (1, 0)
+    assert [r["image_id"] for r in pq.read_table(out / "_parquet").to_pylist()] == ["solo.jpg"]  # redone, once
+
+
+def _png_bytes_shape(data: bytes) -> tuple[int, int]:
+    return np.asarray(Image.open(io.BytesIO(data))).shape

@@ -136,6 +136,7 @@ def test_fcn_chain_interrupted_and_resumed_through_job(ray_local, synth_voc, tmp
         "--data", synth_voc, "--output", out, "--model", "fcn", "--stages", "32,16,8", "--iterations", "2,5,2",
         "--width", "0.0625", "--fcn-size", "64", "--batch-size", "2", "--global-batch", "4", "--num-workers", "2",
         "--lr", "0.01", "--checkpoint-every", "2", "--bn-batches", "0", "--data-cpus", "0.5", "--max-failures", "0",
+        "--keep-checkpoints", "1",
     ]
     args = job.get_args_parser().parse_args(argv)
     args.crash_at = 3  # test hook, not a command-line flag
@@ -162,6 +163,13 @@ def test_fcn_chain_interrupted_and_resumed_through_job(ray_local, synth_voc, tmp
         assert _state(os.path.join(out, fine))["init_fingerprint"] == weights_fingerprint(expected)
     x = torch.randn(1, 3, 70, 90)
     assert models["fcn8s"](x).shape == (1, len(SYNTH_CLASSES), 70, 90)
+    # --keep-checkpoints 1: of FCN-16s's checkpoints at iterations 2, 4 and 5 only the newest is left; each
+    # stage's <stage>.json holds its last metrics.
+    kept = [p.name for p in Path(out, "fcn16s").glob("checkpoint_*") if p.is_dir()]
+    assert kept == [Path(latest_checkpoint(os.path.join(out, "fcn16s"))).name]
+    for name in done:
+        metrics = json.loads(Path(out, f"{name}.json").read_text())
+        assert metrics["stage"] == name and metrics["iteration"] == _state(os.path.join(out, name))["iteration"]
 
 
 def test_voc_plus_sbd_both_models(ray_local, paper_sets, tmp_path):
