@@ -103,7 +103,7 @@ def config_from_args(args: argparse.Namespace) -> EvalConfig:
 
 def main(args: argparse.Namespace) -> int:
     from pipeline.evaluation import run_evaluation
-    from pipeline.segment import JobStalled
+    from pipeline.stall_guard import JobStalled
 
     try:
         cfg = config_from_args(args)

@@ -14,7 +14,7 @@ failed, ``<output>/_progress.json`` while it runs (every ``--progress-interval``
 seconds, with the same line in the log) and ``<output>/_summary.json`` (the folder's
 totals over all runs, and this run's counts). Rerunning skips what is already written.
 Exit codes: 0 done, 1 inputs missing from the output after the run, 2 bad arguments
-or a cluster that cannot run the job, 6 stalled (no data moved for --stall-minutes).
+or a cluster that cannot run the job, 6 stalled (no image finished for --stall-minutes).
 """
 
 from __future__ import annotations
@@ -161,7 +161,8 @@ def config_from_args(args: argparse.Namespace) -> SegmentConfig:
 
 
 def main(args: argparse.Namespace) -> int:
-    from pipeline.segment import ClusterTooSmall, JobStalled, prepare, run
+    from pipeline.segment import ClusterTooSmall, prepare, run
+    from pipeline.stall_guard import JobStalled
 
     cfg = config_from_args(args)
     try:

@@ -240,9 +240,9 @@ def evaluate(cfg: EvalConfig, *, num_classes: int, rows: list[dict], palette: li
     from pipeline.decode import decode_images, read_bytes
     from pipeline.proposal_stage import ProposalStage
     from pipeline.ray_session import ensure_ray
-    from pipeline.segment import JobStalled, stage_resources, stall_message
+    from pipeline.segment import fixed_pool, stage_resources
     from pipeline.segment_config import SegmentConfig
-    from pipeline.stall_guard import Stalled, guarded
+    from pipeline.stall_guard import JobStalled, Stalled, guarded, stall_message
 
     ensure_ray(cfg.ray_address)
     sizing = SegmentConfig(input="", output="", checkpoint="", layout="split", autoscaling=cfg.autoscaling)
@@ -253,7 +253,7 @@ def evaluate(cfg: EvalConfig, *, num_classes: int, rows: list[dict], palette: li
     items = [{**r, "status": "ok", "error": ""} for r in rows]
 
     def pool(size: int, batch: int):  # fixed-size pools (see stage_resources), no actor without a batch
-        return ray.data.ActorPoolStrategy(size=max(1, min(size, math.ceil(len(items) / batch))))
+        return fixed_pool(max(1, min(size, math.ceil(len(items) / batch))))
 
     start = time.time()
     ds = (

@@ -47,7 +47,7 @@ from pipeline.sources import (
     scan_output,
     url_to_fs,
 )
-from pipeline.stall_guard import Stalled, guarded
+from pipeline.stall_guard import JobStalled, Stalled, guarded, stall_message
 
 
 # Rows per block of the listing (cheap to make: one driver put per block) and per block after the read
@@ -154,12 +154,6 @@ def fused_actor_bytes(model_bytes: int) -> int:
 
 class ClusterTooSmall(ValueError):
     """The cluster cannot run the job as asked (a usage error: the job exits 2 before any work)."""
-
-
-class JobStalled(RuntimeError):
-    """No image finished for ``stall_minutes`` (the job exits 6; a rerun resumes): see pipeline.stall_guard."""
-
-    exit_code = 6
 
 
 # Task slots (of ``cpu_share`` CPUs each) the actor pools leave free, so that the read (which also re-cuts
@@ -301,71 +295,6 @@ def build_dataset(cfg: SegmentConfig, plan: Plan, res: StageResources):
     return ds
 
 
-def stall_message(job: str, minutes: float, res: StageResources) -> str:
-    """What a stalled run tells its user: what each stage reserves, what the cluster has free, and the
-    actors and tasks still waiting for a node (``waiting_for_resources``)."""
-    import ray
-
-    lines = [
-        f"{job}: no image finished for {minutes:g} minutes (--stall-minutes); stopping.",
-        f"Each task and CPU actor reserves {res.cpu_share:g} CPU; pools: " + pool_sizes(res) + ".",
-        "Free now: " + _fmt(ray.available_resources()) + " of " + _fmt(ray.cluster_resources()) + ".",
-    ]
-    waiting = waiting_for_resources()
-    if waiting:
-        lines.append("Not placed yet, for want of resources: " + "; ".join(waiting) + ".")
-    lines.append(
-        "On an autoscaling cluster, a node that is still starting looks the same: raise --stall-minutes "
-        "(0 waits forever)."
-    )
-    return "\n".join(lines)
-
-
-def pool_sizes(res: StageResources) -> str:
-    if res.layout == "fused":
-        return f"fused {res.fused_actors} x {res.fused_cpus:g} CPU"
-    gpu = f" + {res.model_gpus:g} GPU" if res.model_gpus else ""
-    return (
-        f"proposals {res.proposal_actors}, model {res.model_actors} ({res.cpu_share:g} CPU{gpu} each), "
-        f"CRF {res.crf_actors}"
-    )
-
-
-def _fmt(resources: dict) -> str:
-    keep = {k: v for k, v in resources.items() if k in ("CPU", "GPU")}
-    return ", ".join(f"{v:g} {k}" for k, v in sorted(keep.items())) or "nothing"
-
-
-def waiting_for_resources() -> list[str]:
-    """Actors and tasks that Ray has not placed yet, with the resources they ask for (Ray's state API,
-    which needs the dashboard; empty without it)."""
-    import ray
-
-    try:
-        from ray.util.state import list_actors, list_tasks
-
-        address = ray.get_runtime_context().gcs_address  # this job's cluster, not any other on the machine
-        actors = list_actors(
-            address=address, filters=[("state", "=", "PENDING_CREATION")], detail=True, raise_on_missing_output=False
-        )
-        tasks = list_tasks(
-            address=address,
-            filters=[("state", "=", "PENDING_NODE_ASSIGNMENT")],
-            detail=True,
-            raise_on_missing_output=False,
-        )
-    except Exception:  # no dashboard (ray.init(include_dashboard=False)) or an older state API
-        return []
-    waiting = Counter()
-    for actor in actors:
-        waiting[f"{actor.class_name} actor needs {_fmt(actor.required_resources or {})}"] += 1
-    for task in tasks:
-        if task.required_resources and not task.name.endswith(".__init__"):  # (an actor's creation task
-            # repeats the actor listed above; an actor method asks for nothing)
-            waiting[f"{task.name} task needs {_fmt(task.required_resources or {})}"] += 1
-    return [f"{n} x {what}" for what, n in sorted(waiting.items())]
-
-
 def retry_args(retries: int) -> tuple[dict, dict]:
     """``map_batches`` options for task stages and actor stages: bounded retries of dead processes.
 
@@ -417,7 +346,7 @@ def _chain(cfg: SegmentConfig, plan: Plan, res: StageResources, task_retry: dict
             batch_size=FUSED_BLOCK_ROWS,
             batch_format="numpy",
             num_cpus=res.fused_cpus,
-            compute=_pool(res.fused_actors),
+            compute=fixed_pool(res.fused_actors),
             **actor_retry,
         )
     else:
@@ -441,7 +370,7 @@ def _chain(cfg: SegmentConfig, plan: Plan, res: StageResources, task_retry: dict
     )
 
 
-def _pool(size: int):
+def fixed_pool(size: int):
     """A fixed-size actor pool (see stage_resources for why none autoscales)."""
     import ray
 
@@ -456,19 +385,15 @@ def _same_task_args_as_the_read(ds, **remote_args) -> None:
     actor pools held theirs: on 4 CPUs and 1 GPU the job waited forever ("4.5/4 CPU"). Ray 2.60 has no public
     way to set them; the logical operator's ``ray_remote_args`` is the field ``Dataset.map_batches`` fills.
     """
+    import ray
+
     op = ds._logical_plan.dag
     if not isinstance(getattr(op, "ray_remote_args", None), dict):
         raise RuntimeError(
-            f"this Ray ({ray_version()}) builds repartition differently from 2.60: deconvseg cannot size its "
+            f"this Ray ({ray.__version__}) builds repartition differently from 2.60: deconvseg cannot size its "
             "tasks; install the Ray version pyproject.toml names"
         )
     op.ray_remote_args.update(remote_args)
-
-
-def ray_version() -> str:
-    import ray
-
-    return ray.__version__
 
 
 def _split_stages(ds, cfg: SegmentConfig, res: StageResources, task_retry: dict, actor_retry: dict):
@@ -494,7 +419,7 @@ def _split_stages(ds, cfg: SegmentConfig, res: StageResources, task_retry: dict,
             batch_size=1,
             batch_format="numpy",
             num_cpus=share,
-            compute=_pool(res.proposal_actors),
+            compute=fixed_pool(res.proposal_actors),
             **actor_retry,
         )
         .map_batches(
@@ -508,7 +433,7 @@ def _split_stages(ds, cfg: SegmentConfig, res: StageResources, task_retry: dict,
             batch_format="numpy",
             num_cpus=share,  # with a GPU too: a whole CPU per GPU actor starved small GPU nodes (TASK_SLOTS)
             num_gpus=res.model_gpus,
-            compute=_pool(res.model_actors),
+            compute=fixed_pool(res.model_actors),
             **actor_retry,
         )
         .map_batches(
@@ -517,7 +442,7 @@ def _split_stages(ds, cfg: SegmentConfig, res: StageResources, task_retry: dict,
             batch_size=1,
             batch_format="numpy",
             num_cpus=share,
-            compute=_pool(res.crf_actors),
+            compute=fixed_pool(res.crf_actors),
             **actor_retry,
         )
     )
