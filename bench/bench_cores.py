@@ -22,9 +22,8 @@ import argparse
 import multiprocessing as mp
 import time
 
-from common import demo_checkpoints, print_table, sample
-
 import numpy as np
+from common import demo_checkpoints, print_table, sample
 
 
 def spin(units: int) -> None:

@@ -22,10 +22,9 @@ import sys
 import tempfile
 import time
 
-from common import print_table
-
 import numpy as np
 import torch
+from common import print_table
 
 from models import FCN, DeconvNet, fold_batchnorm, save_checkpoint
 from models.summary import forward_flops

@@ -33,10 +33,9 @@ import tempfile
 import threading
 import time
 
-from common import ROOT, demo_checkpoints, make_bucket, payload_bytes, print_table
-
 import numpy as np
 import torch
+from common import ROOT, demo_checkpoints, make_bucket, payload_bytes, print_table
 from PIL import Image
 
 from pipeline.ray_session import disable_usage_stats

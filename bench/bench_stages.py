@@ -24,16 +24,15 @@ import io
 import os
 import tempfile
 
-from common import VOC_SIZE, demo_checkpoints, print_table, sample, timed
-
 import numpy as np
 import torch
+from common import VOC_SIZE, demo_checkpoints, print_table, sample, timed
 from PIL import Image
 
 from models import FCN, DeconvNet
 from models.classes import voc_palette
-from models.summary import forward_flops
 from models.storage import atomic_write
+from models.summary import forward_flops
 from pipeline.crf import dense_crf, kept_classes
 from pipeline.decode import decode_image
 from pipeline.proposals import ProposalGenerator

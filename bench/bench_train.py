@@ -68,9 +68,9 @@ def in_process(widths: list[float], steps: int) -> None:
 def with_ray(widths: list[float], iterations: int) -> None:
     import ray
 
-    from pipeline.synthvoc import generate_voc
-    from pipeline.train_config import TrainConfig
-    from pipeline.train_run import run_training, stage_metrics
+    from pipeline.demo.synthvoc import generate_voc
+    from pipeline.train.config import TrainConfig
+    from pipeline.train.run import run_training, stage_metrics
 
     disable_usage_stats()
     ray.init(address="local", num_cpus=2, include_dashboard=False)

@@ -1,6 +1,6 @@
 """Helpers shared by the benchmark scripts: the generated bucket, timing, payload sizes, tables.
 
-Imports only numpy, PIL and the project's ``models`` / ``pipeline.synthvoc`` (no ray,
+Imports only numpy, PIL and the project's ``models`` / ``pipeline.demo.synthvoc`` (no ray,
 cv2 or pydensecrf), so ``bench_gpu.py`` can use it on a machine without them.
 """
 
@@ -25,7 +25,7 @@ DEMO_CHECKPOINTS = (ROOT / "models/demo/deconvnet.safetensors", ROOT / "models/d
 
 def sample(i: int, size: tuple[int, int] = VOC_SIZE, seed: int = 7) -> tuple[np.ndarray, np.ndarray]:
     """Generated image ``i`` of the benchmark bucket and its class labels (deterministic)."""
-    from pipeline.synthvoc import render_sample
+    from pipeline.demo.synthvoc import render_sample
 
     image, labels, _ = render_sample(np.random.default_rng([seed, i]), size, 5, 1)
     return image, labels

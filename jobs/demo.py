@@ -4,7 +4,7 @@
 
     make demo                       # or: .venv/bin/python jobs/demo.py --output build/demo
 
-1. Writes the sample bucket: the val split of the demo dataset (``pipeline.synthvoc``,
+1. Writes the sample bucket: the val split of the demo dataset (``pipeline.demo.synthvoc``,
    ``DEMO_DATASET``: 20 images with class and instance labels), the very images the
    committed checkpoints were evaluated on in ``models/MODEL_CARD.md``.
 2. Starts a private local Ray head (free ports, own temp dir, token auth), unless
@@ -35,9 +35,9 @@ import numpy as np  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from models import read_checkpoint_meta  # noqa: E402
-from pipeline.local_head import Head, leftover_processes, local_head  # noqa: E402
-from pipeline.overlay import overlay_grid  # noqa: E402
-from pipeline.synthvoc import DEMO_DATASET, generate_voc  # noqa: E402
+from pipeline.demo.local_head import Head, leftover_processes, local_head  # noqa: E402
+from pipeline.demo.overlay import overlay_grid  # noqa: E402
+from pipeline.demo.synthvoc import DEMO_DATASET, generate_voc  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 DEMO_MODELS = REPO / "models" / "demo"

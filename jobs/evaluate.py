@@ -13,7 +13,7 @@ instances (VOC ``SegmentationObject``) add diagnostics: proposal recall and mean
 object size, and DeconvNet on the ground-truth boxes (``deconvnet@oracle``). Exit codes:
 0 fine, 2 bad arguments or images without a label (all named, before any work),
 3 quality regressed against ``--baseline``, 4 baseline is of other data, 5 images
-failed to score beyond ``--max-failed`` or none scored (``pipeline.regression``).
+failed to score beyond ``--max-failed`` or none scored (``pipeline.evaluation.regression``).
 """
 
 from __future__ import annotations
@@ -33,23 +33,35 @@ from pipeline.cli_args import (  # noqa: E402
     inference_config,
     proposal_config,
 )
-from pipeline.evaluation import VARIANTS, EvalConfig  # noqa: E402
+from pipeline.evaluation.job import VARIANTS, EvalConfig  # noqa: E402
+from pipeline.evaluation.regression import (  # noqa: E402
+    CLASS_DROP,
+    EXIT_MISMATCH,
+    EXIT_OK,
+    MIOU_DROP,
+    ReportMismatch,
+    parse_max_failed,
+)
 from pipeline.ray_session import add_cluster_guard_args, add_ray_address_arg  # noqa: E402
-from pipeline.regression import EXIT_MISMATCH, EXIT_OK, ReportMismatch, parse_max_failed  # noqa: E402
 
 
 def get_args_parser() -> argparse.ArgumentParser:
+    d = EvalConfig(data="")  # every default comes from the config (or the verdict's thresholds)
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--data", required=True, help="VOC root (or URL), or a folder with images/ + masks/")
-    p.add_argument("--split", default="val", help="image set: VOC ImageSets/Segmentation/<split>.txt, or <split>.txt beside images/")
+    p.add_argument("--split", default=d.split, help="image set: VOC ImageSets/Segmentation/<split>.txt, or <split>.txt beside images/")
     p.add_argument("--checkpoint", default=None, help="DeconvNet checkpoint (.safetensors, path or URL)")
     p.add_argument("--fcn-checkpoint", default=None, help="FCN-8s checkpoint (.safetensors, path or URL)")
     p.add_argument("--output", required=True, help="report folder (path or URL)")
-    p.add_argument("--variants", default=",".join(VARIANTS), help=f"comma-separated, from {', '.join(VARIANTS)}")
+    p.add_argument("--variants", default=",".join(d.variants), help=f"comma-separated, from {', '.join(VARIANTS)}")
     p.add_argument("--proposals", default="", help="proposal-count sweep, e.g. 5,10,25,50 (mean IoU against proposals)")
     p.add_argument("--baseline", default=None, help="previous report.json to compare with")
-    p.add_argument("--miou-drop", type=float, default=0.5, help="mean IoU drop (points) that counts as a regression")
-    p.add_argument("--class-drop", type=float, default=2.0, help="per-class IoU drop (points) that counts as a regression")
+    p.add_argument(
+        "--miou-drop", type=float, default=100 * MIOU_DROP, help="mean IoU drop (points) that counts as a regression"
+    )
+    p.add_argument(
+        "--class-drop", type=float, default=100 * CLASS_DROP, help="per-class IoU drop (points) that counts as a regression"
+    )
     p.add_argument("--force-compare", action="store_true", help="compare with a baseline of other data anyway")
     p.add_argument("--max-images", type=int, default=None, help="evaluate only the first N images of the split")
     p.add_argument("--no-diagnostics", dest="diagnostics", action="store_false",
@@ -60,15 +72,15 @@ def get_args_parser() -> argparse.ArgumentParser:
         "a count (3) or a fraction (0.05 or 5%%); default 0. A run where none scores always exits 5",
     )
     p.add_argument(
-        "--skip-missing-labels", action="store_true", default=EvalConfig.skip_missing_labels,
+        "--skip-missing-labels", action="store_true", default=d.skip_missing_labels,
         help="evaluate the images that have a label and list the others in the report "
         "(default: stop before any work, exit 2, naming every image without one)",
     )
     add_proposal_args(p)
-    add_inference_args(p)
+    add_inference_args(p, batch_size=d.batch_size, max_pixels=d.max_pixels)
     add_crf_args(p)
     add_ray_address_arg(p)
-    add_cluster_guard_args(p, EvalConfig.stall_minutes)
+    add_cluster_guard_args(p, d.stall_minutes)
     return p
 
 
@@ -102,7 +114,7 @@ def config_from_args(args: argparse.Namespace) -> EvalConfig:
 
 
 def main(args: argparse.Namespace) -> int:
-    from pipeline.evaluation import run_evaluation
+    from pipeline.evaluation.job import run_evaluation
     from pipeline.stall_guard import JobStalled
 
     try:

@@ -27,6 +27,7 @@ if __package__ in (None, ""):  # `python jobs/segment_dataset.py`: make the proj
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from pipeline.cli_args import (  # noqa: E402
+    ENSEMBLE_CHOICES,
     add_crf_args,
     add_inference_args,
     add_proposal_args,
@@ -35,68 +36,70 @@ from pipeline.cli_args import (  # noqa: E402
     proposal_config,
 )
 from pipeline.ray_session import add_cluster_guard_args, add_ray_address_arg  # noqa: E402
-from pipeline.segment_config import SegmentConfig  # noqa: E402
+from pipeline.segment_config import CONFIDENCE_OUTPUTS, FORMATS, LAYOUTS, SegmentConfig  # noqa: E402
 
 
 def get_args_parser() -> argparse.ArgumentParser:
+    d = SegmentConfig(input="", output="", checkpoint="")  # every default comes from the config
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument(
         "--input", required=True, help="folder, glob, fsspec URL (s3://, gs://...) or manifest (.txt/.csv/.parquet)"
     )
     p.add_argument("--output", required=True, help="output folder or fsspec URL (must not be inside the input)")
     p.add_argument("--checkpoint", required=True, help="DeconvNet checkpoint (.safetensors, path or URL)")
-    p.add_argument("--fcn-checkpoint", default=None, help="FCN-8s checkpoint; required unless --ensemble none")
-    p.add_argument("--format", default="both", choices=["png", "parquet", "both"])
+    p.add_argument("--fcn-checkpoint", default=None, help="FCN-8s checkpoint; required unless --ensemble deconvnet")
+    p.add_argument("--format", default=d.format, choices=FORMATS)
     p.add_argument(
         "--ensemble",
-        default="mean",
-        choices=["mean", "none", "fcn"],
-        help="mean: average DeconvNet and FCN-8s probabilities (EDeconvNet); none: DeconvNet alone; fcn: FCN alone",
+        default=d.inference.ensemble,
+        choices=ENSEMBLE_CHOICES,
+        help="mean: average DeconvNet and FCN-8s probabilities (EDeconvNet); deconvnet: DeconvNet alone (also "
+        "spelled none); fcn: FCN alone",
     )
     p.add_argument("--crf", default="on", choices=["on", "off"], help="dense CRF refinement")
     p.add_argument(
         "--confidence",
-        default="none",
-        choices=["none", "png"],
+        default=d.confidence,
+        choices=CONFIDENCE_OUTPUTS,
         help="png: a uint8 confidence map per image (max ensemble probability x 255, before the CRF) at "
         "<output>/_confidence/<mask> and in the Parquet rows (confidence_png)",
     )
     p.add_argument(
         "--min-confidence",
         type=float,
-        default=0.0,
+        default=d.min_confidence,
         metavar="T",
         help="write 255 (void) into the mask wherever the max ensemble probability is below T (0-1), for "
         "pseudo-labels; default 0: no void",
     )
     p.add_argument(
         "--skip-existing",
-        default=True,
+        default=d.skip_existing,
         action=argparse.BooleanOptionalAction,
         help="skip inputs whose outputs (or error row) already exist (default on)",
     )
     p.add_argument(
         "--extensions",
-        default=",".join(SegmentConfig.__dataclass_fields__["extensions"].default),
+        default=",".join(d.extensions),
         help="comma-separated suffixes listed from folders/URLs ('' = every file)",
     )
-    p.add_argument("--write-batch-size", type=int, default=64, help="rows per Parquet part file")
+    p.add_argument("--write-batch-size", type=int, default=d.write_batch_size, help="rows per Parquet part file")
     p.add_argument(
         "--progress-interval",
         type=float,
-        default=SegmentConfig.progress_interval,
+        default=d.progress_interval,
         help="seconds between rewrites of <output>/_progress.json (done/total, errors, images/s, ETA) and the "
         "same line in the log (default 30)",
     )
     add_proposal_args(p)
-    add_inference_args(p)
+    add_inference_args(p, batch_size=d.batch_size, max_pixels=d.max_pixels)
     add_crf_args(p)
     g = p.add_argument_group("cluster")
     add_ray_address_arg(g)
     g.add_argument(
         "--layout",
-        default="auto",
-        choices=["auto", "fused", "split"],
+        default=d.layout,
+        choices=LAYOUTS,
         help="fused: one CPU actor per CPU runs decode, proposals, model and CRF of its images; split: one actor "
         "pool per stage (model actors on GPUs); auto (default): split with GPUs or --proposal/--crf-actors, else fused",
     )
@@ -119,11 +122,11 @@ def get_args_parser() -> argparse.ArgumentParser:
         "VOC-size images per actor (split layout: about 43 MiB per actor with 6 classes, 129 with 21; "
         "fused: 3 MiB), at least 128 MiB",
     )
-    add_cluster_guard_args(g, SegmentConfig.stall_minutes)
+    add_cluster_guard_args(g, d.stall_minutes)
     g.add_argument(
         "--task-retries",
         type=int,
-        default=SegmentConfig.task_retries,
+        default=d.task_retries,
         help="retries of a task or actor call whose worker process died (lost node, OOM kill); default 3",
     )
     return p
@@ -142,7 +145,7 @@ def config_from_args(args: argparse.Namespace) -> SegmentConfig:
         min_confidence=args.min_confidence,
         extensions=tuple(e.strip() for e in args.extensions.split(",") if e.strip()),
         proposals=proposal_config(args),
-        inference=inference_config(args, ensemble={"none": "deconvnet"}.get(args.ensemble, args.ensemble)),
+        inference=inference_config(args, ensemble=args.ensemble),
         crf=crf_config(args, enabled=args.crf == "on"),
         batch_size=args.batch_size,
         write_batch_size=args.write_batch_size,

@@ -33,9 +33,9 @@ if __package__ in (None, ""):  # `python jobs/train.py`: make the project import
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from pipeline.ray_session import add_ray_address_arg, ensure_ray  # noqa: E402
-from pipeline.train_config import LR_SCHEDULES, TrainConfig  # noqa: E402
-from pipeline.train_run import TrainingRefused, run_training  # noqa: E402
-from pipeline.train_set import TooManyBadExamples  # noqa: E402
+from pipeline.train.config import LR_SCHEDULES, TrainConfig  # noqa: E402
+from pipeline.train.run import TrainingRefused, run_training  # noqa: E402
+from pipeline.train.training_set import TooManyBadExamples  # noqa: E402
 
 
 def _csv(kind):

@@ -18,7 +18,6 @@ import struct
 from dataclasses import dataclass, field
 from typing import Any
 
-import fsspec
 import torch
 from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
@@ -27,7 +26,7 @@ from torch import nn
 from models.classes import IMAGENET_MEAN, IMAGENET_STD, default_class_names, voc_palette
 from models.deconvnet import DeconvNet
 from models.fcn import FCN
-from models.storage import atomic_write
+from models.storage import atomic_write, read_url
 
 FORMAT_VERSION = 1
 _META_KEY = "deconvseg"
@@ -142,8 +141,7 @@ def read_checkpoint_meta(path: str, data: bytes | None = None) -> CheckpointMeta
 
 def _read(path: str) -> bytes:
     try:
-        with fsspec.open(path, "rb") as f:
-            return f.read()
+        return read_url(path)
     except FileNotFoundError as exc:
         raise FileNotFoundError(f"checkpoint not found: {path}") from exc
 

@@ -1,4 +1,8 @@
-"""Writing files that are either complete or absent, locally or on any fsspec URL.
+"""File and URL helpers: paths and URLs alike, reads, and writes that are either complete or absent.
+
+Every path in the project may be a local path or any fsspec URL (``s3://``, ``gs://``,
+``memory://``...): :func:`join`, :func:`exists`, :func:`read_url`, :func:`url_to_fs`
+and :func:`to_url` treat both alike (no ``os.path`` rules on URLs).
 
 Every writer in the project (checkpoints, masks, Parquet parts, reports, caches)
 goes through :func:`atomic_write`, so a crash mid-write never leaves a half file
@@ -24,6 +28,7 @@ import time
 from collections.abc import Callable
 from typing import TypeVar
 
+import fsspec
 from fsspec.core import url_to_fs
 from fsspec.implementations.local import LocalFileSystem
 
@@ -49,6 +54,29 @@ PERMANENT_ERRNOS = frozenset(
         errno.EINVAL,
     }
 )
+
+
+def join(root: str, *parts: str) -> str:
+    """``root/part/...`` for a local path or a URL (no ``os.path`` rules on URLs)."""
+    return "/".join([root.rstrip("/"), *[p.strip("/") for p in parts]])
+
+
+def exists(url: str) -> bool:
+    fs, path = url_to_fs(url)
+    return fs.exists(path)
+
+
+def read_url(url: str) -> bytes:
+    """The whole content of a file at a local path or URL (no retry: see :func:`retry_transient`)."""
+    with fsspec.open(url, "rb") as f:
+        return f.read()
+
+
+def to_url(fs, path: str) -> str:
+    """A path of ``fs`` as the user would write it: plain for local files, ``proto://...`` otherwise."""
+    if isinstance(fs, LocalFileSystem):
+        return path
+    return fs.unstrip_protocol(path)
 
 
 def is_transient(exc: BaseException) -> bool:

@@ -41,6 +41,7 @@ import pydensecrf.densecrf as dcrf
 
 from pipeline.confidence import confidence_map, max_probability, mean_entropy, void_below
 from pipeline.faults import inject
+from pipeline.rows import RowStatus, object_column
 from pipeline.segment_config import CRFConfig, SegmentConfig
 
 _EPS = 1e-8
@@ -114,46 +115,31 @@ class CRFStage:
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         inject("crf_batch", batch.get("image_id", ()))  # tests only: a killed CRF actor
-        status = [str(s) for s in batch["status"]]
-        errors = [str(e) for e in batch["error"]]
-        masks, maps, scores, confidences, entropies = [], [], [], [], []
-        for i, (image, probs) in enumerate(zip(batch["image"], batch["probs"])):
-            mask, conf_map = np.zeros((0, 0), np.uint8), np.zeros((0, 0), np.uint8)
-            score = mean_conf = entropy = np.nan
-            if status[i] == "ok":
-                try:
-                    confidence = max_probability(probs)
-                    mask = void_below(self.label(image, probs), confidence, self.min_confidence)
-                    score, mean_conf, entropy = uncertainty(probs), float(confidence.mean()), mean_entropy(probs)
-                    if self.confidence_maps:
-                        conf_map = confidence_map(confidence)
-                except Exception as exc:
-                    status[i], errors[i] = type(exc).__name__, f"crf: {exc}"
-            masks.append(mask)
-            maps.append(conf_map)
-            scores.append(score)
-            confidences.append(mean_conf)
-            entropies.append(entropy)
+        rows = RowStatus(batch, "crf")
+        empty = (np.zeros((0, 0), np.uint8), np.zeros((0, 0), np.uint8), np.nan, np.nan, np.nan)
+        results = rows.map(lambda i: self._one(batch["image"][i], batch["probs"][i]), empty=empty)
+        masks, maps, scores, confidences, entropies = zip(*results) if results else ((),) * 5
         out = {k: v for k, v in batch.items() if k not in ("probs", "image")}
         out.update(
-            status=np.array(status, dtype=object),
-            error=np.array(errors, dtype=object),
-            mask=_object_column(masks),
+            rows.columns(),
+            mask=object_column(masks),
             uncertainty=np.array(scores, dtype=np.float32),
             mean_confidence=np.array(confidences, dtype=np.float32),
             mean_entropy=np.array(entropies, dtype=np.float32),
         )
         if self.confidence_maps:
-            out["confidence"] = _object_column(maps)
+            out["confidence"] = object_column(maps)
         return out
+
+    def _one(self, image: np.ndarray, probs: np.ndarray) -> tuple:
+        """(mask, confidence map or empty, uncertainty, mean confidence, mean entropy) of one image."""
+        confidence = max_probability(probs)
+        mask = void_below(self.label(image, probs), confidence, self.min_confidence)
+        conf_map = confidence_map(confidence) if self.confidence_maps else np.zeros((0, 0), np.uint8)
+        return mask, conf_map, uncertainty(probs), float(confidence.mean()), mean_entropy(probs)
 
 
 def crf_stage_args(cfg: SegmentConfig) -> dict:
     """``CRFStage``'s constructor arguments for the job's settings (CRF, confidence maps, void threshold)."""
     return {"cfg": cfg.crf, "confidence_maps": cfg.confidence == "png", "min_confidence": cfg.min_confidence}
 
-
-def _object_column(values: list) -> np.ndarray:
-    column = np.empty(len(values), dtype=object)
-    column[:] = values
-    return column

@@ -2,8 +2,8 @@
 
 Both are stateless Ray Data stages on ``dict[str, np.ndarray]`` batches. Failures are
 caught per row and recorded in the ``status`` (error class) and ``error`` (message)
-columns, so one corrupt file never fails a block; later stages pass such rows through
-untouched and the writer puts them in ``_errors``.
+columns (``pipeline.rows``), so one corrupt file never fails a block; later stages pass
+such rows through untouched and the writer puts them in ``_errors``.
 """
 
 from __future__ import annotations
@@ -11,12 +11,12 @@ from __future__ import annotations
 import io
 import warnings
 
-import fsspec
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from models.storage import retry_transient
+from models.storage import read_url, retry_transient
 from pipeline.faults import inject
+from pipeline.rows import RowStatus, object_column
 
 
 class EmptyFile(ValueError):
@@ -27,40 +27,21 @@ class ImageTooLarge(ValueError):
     """The image has more pixels than the configured maximum."""
 
 
-def _objects(values: list) -> np.ndarray:
-    column = np.empty(len(values), dtype=object)
-    column[:] = values
-    return column
-
-
-def _read(url: str) -> bytes:
-    with fsspec.open(url, "rb") as f:
-        return f.read()
-
-
-def read_bytes(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+def read_files(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     """Add a ``bytes`` column with each row's file content (rows already in error are skipped).
 
     Transient storage errors are retried (``models.storage.retry_transient``): a row
     becomes an error row only for a failure that persists.
     """
     inject("read_task", batch.get("image_id", ()))  # tests only: a killed read task
-    status = [str(s) for s in batch["status"]]
-    errors = [str(e) for e in batch["error"]]
-    data = [b""] * len(status)
-    for i, path in enumerate(batch["path"]):
-        if status[i] != "ok":
-            continue
-        try:
-            data[i] = retry_transient(lambda: _read(str(path)), what=f"read {path}")
-        except Exception as exc:
-            status[i], errors[i] = type(exc).__name__, f"read {path}: {exc}"
-    return {
-        **batch,
-        "status": np.array(status, dtype=object),
-        "error": np.array(errors, dtype=object),
-        "bytes": _objects(data),
-    }
+    rows = RowStatus(batch, "read")
+    paths = [str(p) for p in batch["path"]]
+    data = rows.map(
+        lambda i: retry_transient(lambda: read_url(paths[i]), what=f"read {paths[i]}"),
+        empty=b"",
+        what=lambda i: f"read {paths[i]}",
+    )
+    return {**batch, **rows.columns(), "bytes": object_column(data)}
 
 
 def to_rgb(img: Image.Image) -> np.ndarray:
@@ -114,25 +95,13 @@ def decode_image(data: bytes, max_pixels: int) -> np.ndarray:
 def decode_images(batch: dict[str, np.ndarray], *, max_pixels: int) -> dict[str, np.ndarray]:
     """Replace ``bytes`` by ``image`` (RGB uint8) plus ``height``/``width``; failures become error rows."""
     inject("decode_task", batch.get("image_id", ()))  # tests only: a killed decode task
-    status = [str(s) for s in batch["status"]]
-    errors = [str(e) for e in batch["error"]]
-    images, heights, widths = [], [], []
-    for i, data in enumerate(batch["bytes"]):
-        image = np.zeros((0, 0, 3), np.uint8)
-        if status[i] == "ok":
-            try:
-                image = decode_image(bytes(data), max_pixels)
-            except Exception as exc:  # every decoder failure is a per-row result, never a failed block
-                status[i], errors[i] = type(exc).__name__, f"decode: {exc}"
-        images.append(image)
-        heights.append(image.shape[0])
-        widths.append(image.shape[1])
+    rows = RowStatus(batch, "decode")
+    images = rows.map(lambda i: decode_image(bytes(batch["bytes"][i]), max_pixels), empty=np.zeros((0, 0, 3), np.uint8))
     out = {k: v for k, v in batch.items() if k != "bytes"}
     out.update(
-        status=np.array(status, dtype=object),
-        error=np.array(errors, dtype=object),
-        image=_objects(images),
-        height=np.array(heights, dtype=np.int32),
-        width=np.array(widths, dtype=np.int32),
+        rows.columns(),
+        image=object_column(images),
+        height=np.array([im.shape[0] for im in images], dtype=np.int32),
+        width=np.array([im.shape[1] for im in images], dtype=np.int32),
     )
     return out

@@ -38,9 +38,9 @@ from xml.sax.saxutils import quoteattr
 import numpy as np
 from PIL import Image
 
-from models.storage import atomic_write
+from models.storage import atomic_write, join, url_to_fs
 from pipeline.rle import bbox, coco_rle, ls_brush_rle
-from pipeline.sources import PARQUET_DIR, SUMMARY_FILE, join, mask_key, url_to_fs
+from pipeline.sources import PARQUET_DIR, SUMMARY_FILE, mask_key
 
 EXPORT_FORMATS = ("cvat", "labelstudio", "coco")
 ROW_COLUMNS = ["image_id", "source", "height", "width", "status", "error", "mask_png", "uncertainty",

@@ -12,7 +12,7 @@ A test then arms a fault at a named point by writing ``<folder>/<point>.json``:
 
 Each kill first leaves ``<folder>/<point>.killed-<n>``, so a test can check that its
 fault really happened. Points, each at the start of its stage's call unless said:
-``read_task`` (``decode.read_bytes``), ``decode_task`` (``decode.decode_images``),
+``read_task`` (``decode.read_files``), ``decode_task`` (``decode.decode_images``),
 ``proposal_batch`` (``ProposalStage``), ``model_batch`` (``Segmenter``), ``crf_batch``
 (``CRFStage``) and ``write_rows`` (``write_outputs``, after the PNGs, before the Parquet
 rows). In the split layout each point runs in its own task or actor; in the fused layout

@@ -25,7 +25,8 @@ from dataclasses import dataclass, field
 
 import fsspec
 
-from pipeline.voc import exists, join, read_bytes, read_class_names, read_split
+from models.storage import exists, join, read_url
+from pipeline.voc import read_class_names, read_split
 
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 
@@ -123,7 +124,7 @@ def _folder_rows(root: str, split: str) -> list[dict]:
             found[stem] = (rel, fs.unstrip_protocol(p) if "://" in root else p)
     split_file = join(root, f"{split}.txt")
     if exists(split_file):
-        wanted = [line.strip() for line in read_bytes(split_file).decode().splitlines() if line.strip()]
+        wanted = [line.strip() for line in read_url(split_file).decode().splitlines() if line.strip()]
         missing = [s for s in wanted if s not in found]
         if missing:
             raise FileNotFoundError(f"{split_file} lists images not under images/: {missing[:5]}")

@@ -6,12 +6,7 @@ import numpy as np
 
 from pipeline.faults import inject
 from pipeline.proposals import ProposalConfig, ProposalGenerator
-
-
-def _objects(values: list) -> np.ndarray:
-    column = np.empty(len(values), dtype=object)
-    column[:] = values
-    return column
+from pipeline.rows import RowStatus, object_column
 
 
 class ProposalStage:
@@ -31,22 +26,14 @@ class ProposalStage:
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         inject("proposal_batch", batch.get("image_id", ()))  # tests only: a killed proposal actor
-        status = [str(s) for s in batch["status"]]
-        errors = [str(e) for e in batch["error"]]
-        boxes, scores = [], []
-        for i, image in enumerate(batch["image"]):
-            b, s = np.zeros((0, 4), np.float32), np.zeros((0,), np.float32)
-            if status[i] == "ok":
-                try:
-                    b, s = (a.astype(np.float32) for a in self.generate(image))
-                except Exception as exc:
-                    status[i], errors[i] = type(exc).__name__, f"proposals: {exc}"
-            boxes.append(b)
-            scores.append(s)
+        rows = RowStatus(batch, "proposals")
+        found = rows.map(
+            lambda i: tuple(a.astype(np.float32) for a in self.generate(batch["image"][i])),
+            empty=(np.zeros((0, 4), np.float32), np.zeros((0,), np.float32)),
+        )
         return {
             **batch,
-            "status": np.array(status, dtype=object),
-            "error": np.array(errors, dtype=object),
-            "boxes": _objects(boxes),
-            "box_scores": _objects(scores),
+            **rows.columns(),
+            "boxes": object_column([b for b, _ in found]),
+            "box_scores": object_column([s for _, s in found]),
         }

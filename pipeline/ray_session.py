@@ -45,7 +45,7 @@ def disable_usage_stats() -> None:
     job on a machine without internet (or that must open no connection of its own) would try
     to. ``RAY_USAGE_STATS_ENABLED`` is read by the processes ``ray.init`` starts (they inherit
     this environment); a user who sets it to 1 keeps their choice. A cluster started with
-    ``ray start`` decides for itself (``--disable-usage-stats``, as ``pipeline.local_head`` does).
+    ``ray start`` decides for itself (``--disable-usage-stats``, as ``pipeline.demo.local_head`` does).
     """
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 

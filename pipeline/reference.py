@@ -13,7 +13,7 @@ from collections.abc import Callable
 import numpy as np
 
 from pipeline.crf import CRFStage, crf_stage_args
-from pipeline.decode import decode_images, read_bytes
+from pipeline.decode import decode_images, read_files
 from pipeline.proposal_stage import ProposalStage
 from pipeline.segment_config import SegmentConfig
 from pipeline.segmenter import Segmenter
@@ -28,7 +28,7 @@ def stage_steps(cfg: SegmentConfig) -> list[tuple[str, Callable[[dict], dict]]]:
         cfg.inference,
     )
     return [
-        ("read", read_bytes),
+        ("read", read_files),
         ("decode", lambda batch: decode_images(batch, max_pixels=cfg.max_pixels)),
         ("proposals", propose),
         ("model", segment),

@@ -26,7 +26,8 @@ import numpy as np
 import scipy.io
 
 from models.classes import IGNORE_INDEX, VOC_CLASSES
-from pipeline.voc import BadFile, VOCSample, checked_sample, decode_image, exists, join, read_bytes, read_decoded
+from models.storage import exists, join, read_url
+from pipeline.voc import BadFile, VOCSample, checked_sample, decode_sample_image, read_decoded
 
 NUM_CLASSES = len(VOC_CLASSES)  # SBD labels are VOC's: background + 20
 
@@ -36,7 +37,7 @@ def read_sbd_split(root: str, split: str) -> list[str]:
     path = split if split.endswith(".txt") else join(root, f"{split}.txt")
     if not exists(path):
         raise FileNotFoundError(f"no SBD image list for split {split!r}: {path}")
-    return [line.split()[0] for line in read_bytes(path).decode().splitlines() if line.strip()]
+    return [line.split()[0] for line in read_url(path).decode().splitlines() if line.strip()]
 
 
 def _struct_fields(data: bytes, name: str, fields: tuple[str, ...]) -> list[np.ndarray]:
@@ -86,7 +87,7 @@ def load_sbd_sample(root: str, image_id: str, *, objects: bool = True) -> VOCSam
 
     A missing, unreadable or inconsistent file raises :class:`pipeline.voc.BadFile` naming its path.
     """
-    image = read_decoded(join(root, "img", f"{image_id}.jpg"), decode_image)
+    image = read_decoded(join(root, "img", f"{image_id}.jpg"), decode_sample_image)
     cls_path, inst_path = join(root, "cls", f"{image_id}.mat"), join(root, "inst", f"{image_id}.mat")
     label = read_decoded(cls_path, decode_cls)
     obj, classes = read_decoded(inst_path, decode_inst) if objects else (None, None)

@@ -2,7 +2,7 @@
 
 ::
 
-    listing (driver) -> read_bytes -> decode_images        CPU tasks
+    listing (driver) -> read_files -> decode_images        CPU tasks
       -> ProposalStage (EdgeBoxes)                         CPU actors
       -> Segmenter (crop, DeconvNet, max-aggregate, FCN)   GPU actors
       -> CRFStage (class-pruned dense CRF)                 CPU actors
@@ -32,6 +32,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 
 from models import read_checkpoint_meta
+from models.storage import atomic_write, join, url_to_fs
 from pipeline.proposals import ProposalGenerator
 from pipeline.segment_config import SegmentConfig
 from pipeline.sources import (
@@ -40,15 +41,12 @@ from pipeline.sources import (
     assign_outputs,
     check_output_location,
     existing_results,
-    join,
     list_inputs,
     mark_pending,
     output_totals,
     scan_output,
-    url_to_fs,
 )
 from pipeline.stall_guard import JobStalled, Stalled, guarded, stall_message
-
 
 # Rows per block of the listing (cheap to make: one driver put per block) and per block after the read
 # (what each later task holds: its input and output stay a few images big however long the run is).
@@ -321,7 +319,7 @@ def retry_args(retries: int) -> tuple[dict, dict]:
 def _chain(cfg: SegmentConfig, plan: Plan, res: StageResources, task_retry: dict, actor_retry: dict):
     import ray
 
-    from pipeline.decode import read_bytes
+    from pipeline.decode import read_files
     from pipeline.writers import write_outputs
 
     n = len(plan.todo)
@@ -329,7 +327,7 @@ def _chain(cfg: SegmentConfig, plan: Plan, res: StageResources, task_retry: dict
     fused = res.layout == "fused"
     ds = (
         ray.data.from_items(plan.todo, override_num_blocks=max(1, min(n, max(8, math.ceil(n / LISTING_ROWS)))))
-        .map_batches(read_bytes, batch_size=8, batch_format="numpy", num_cpus=share, **task_retry)
+        .map_batches(read_files, batch_size=8, batch_format="numpy", num_cpus=share, **task_retry)
         # Re-cut the listing's blocks into blocks of exactly BLOCK_ROWS images (FUSED_BLOCK_ROWS for the fused
         # actors) right after the read (the file bytes are the smallest payload): every later task then holds
         # a few images, whatever the size of the run, so the data in flight between stages (2.8-7.9 MB per
@@ -532,7 +530,5 @@ def run(cfg: SegmentConfig, plan: Plan | None = None) -> dict:
         "config": dataclasses.asdict(cfg),
         "resources": dataclasses.asdict(res),
     }
-    from pipeline.writers import atomic_write
-
     atomic_write(join(cfg.output, SUMMARY_FILE), json.dumps(summary, indent=2, default=str).encode())
     return summary

@@ -29,6 +29,7 @@ from torchvision.ops import roi_align
 from models import fold_batchnorm, load_checkpoint
 from pipeline.faults import inject
 from pipeline.inference_config import InferenceConfig
+from pipeline.rows import RowStatus, object_column
 
 CROP_SIZE = 224  # DeconvNet's input size (paper Table 2)
 
@@ -64,12 +65,6 @@ def paste_max(canvas: torch.Tensor, scores: torch.Tensor, box: tuple[int, int, i
     resized = F.interpolate(scores[None].float(), size=(y1 - y0, x1 - x0), mode="bilinear", align_corners=False)[0]
     region = canvas[:, cy0:cy1, cx0:cx1]
     torch.maximum(region, resized[:, cy0 - y0 : cy1 - y0, cx0 - x0 : cx1 - x0], out=region)
-
-
-def _object_column(values: list) -> np.ndarray:
-    column = np.empty(len(values), dtype=object)
-    column[:] = values
-    return column
 
 
 class Segmenter:
@@ -235,22 +230,15 @@ class Segmenter:
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         inject("model_batch", batch.get("image_id", ()))  # tests only: a killed model actor
-        status = [str(s) for s in batch["status"]]
-        errors = [str(e) for e in batch["error"]]
-        ok = [i for i, s in enumerate(status) if s == "ok"]
-        probs = [np.zeros((0, 0, 0), np.float16)] * len(status)
-        try:
-            results = self.predict([batch["image"][i] for i in ok], [batch["boxes"][i] for i in ok])
-            for i, p in zip(ok, results):
+        rows = RowStatus(batch, "model stage")
+        ok = rows.ok_rows()
+        empty = np.zeros((0, 0, 0), np.float16)
+        try:  # the whole batch at once: crops of all its images share DeconvNet micro-batches
+            probs = [empty] * len(rows.status)
+            for i, p in zip(ok, self.predict([batch["image"][i] for i in ok], [batch["boxes"][i] for i in ok])):
                 probs[i] = p
         except Exception:  # one bad image must not fail its neighbours: retry one by one
-            for i in ok:
-                try:
-                    probs[i] = self.predict([batch["image"][i]], [batch["boxes"][i]])[0]
-                except Exception as exc:
-                    status[i], errors[i] = type(exc).__name__, f"model stage: {exc}"
+            probs = rows.map(lambda i: self.predict([batch["image"][i]], [batch["boxes"][i]])[0], empty=empty)
         out = {k: v for k, v in batch.items() if k not in ("boxes", "box_scores")}
-        out.update(
-            status=np.array(status, dtype=object), error=np.array(errors, dtype=object), probs=_object_column(probs)
-        )
+        out.update(rows.columns(), probs=object_column(probs))
         return out

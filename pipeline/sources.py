@@ -21,28 +21,14 @@ import re
 from collections import Counter
 from dataclasses import dataclass
 
-import fsspec
 from fsspec.implementations.local import LocalFileSystem
+
+from models.storage import join, to_url, url_to_fs
 
 MANIFEST_SUFFIXES = (".txt", ".lst", ".csv", ".parquet")
 PARQUET_DIR, ERRORS_DIR, CONFIDENCE_DIR = "_parquet", "_errors", "_confidence"
 SUMMARY_FILE, PROGRESS_FILE = "_summary.json", "_progress.json"
 RESERVED = (PARQUET_DIR, ERRORS_DIR, CONFIDENCE_DIR, SUMMARY_FILE, PROGRESS_FILE)  # top-level names the job writes
-
-
-def url_to_fs(url: str):
-    return fsspec.core.url_to_fs(url)
-
-
-def to_url(fs, path: str) -> str:
-    """A path as the user would write it: plain for local files, ``proto://...`` otherwise."""
-    if isinstance(fs, LocalFileSystem):
-        return path
-    return fs.unstrip_protocol(path)
-
-
-def join(root: str, relative: str) -> str:
-    return root.rstrip("/") + "/" + relative.lstrip("/")
 
 
 def safe_relpath(image_id: str) -> str:

@@ -19,26 +19,11 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import fsspec
 import numpy as np
 from PIL import Image
 
 from models.classes import IGNORE_INDEX, VOC_CLASSES
-
-
-def join(root: str, *parts: str) -> str:
-    """``root/part/...`` for a local path or a URL (no ``os.path`` rules on URLs)."""
-    return "/".join([root.rstrip("/"), *[p.strip("/") for p in parts]])
-
-
-def exists(path: str) -> bool:
-    fs, p = fsspec.core.url_to_fs(path)
-    return fs.exists(p)
-
-
-def read_bytes(path: str) -> bytes:
-    with fsspec.open(path, "rb") as f:
-        return f.read()
+from models.storage import exists, join, read_url
 
 
 def read_class_names(root: str) -> list[str]:
@@ -46,7 +31,7 @@ def read_class_names(root: str) -> list[str]:
     path = join(root, "classes.txt")
     if not exists(path):
         return list(VOC_CLASSES)
-    names = [line.strip() for line in read_bytes(path).decode().splitlines() if line.strip()]
+    names = [line.strip() for line in read_url(path).decode().splitlines() if line.strip()]
     if not names:
         raise ValueError(f"{path} lists no classes")
     return names
@@ -57,7 +42,7 @@ def read_split(root: str, split: str) -> list[str]:
     path = split if split.endswith(".txt") else join(root, "ImageSets", "Segmentation", f"{split}.txt")
     if not exists(path):
         raise FileNotFoundError(f"no image list for split {split!r}: {path}")
-    return [line.split()[0] for line in read_bytes(path).decode().splitlines() if line.strip()]
+    return [line.split()[0] for line in read_url(path).decode().splitlines() if line.strip()]
 
 
 VOID_COLOUR = (224, 224, 192)  # the VOC colour of label 255 (void), as colour-coded label PNGs draw it
@@ -131,7 +116,7 @@ class MissingFile(BadFile, FileNotFoundError):
 def read_decoded(path: str, decode: Callable[[bytes], Any]) -> Any:
     """``decode(bytes of path)``: a missing file raises :class:`MissingFile`, a corrupt one :class:`BadFile`."""
     try:
-        data = read_bytes(path)
+        data = read_url(path)
     except FileNotFoundError:
         raise MissingFile(path, "missing") from None
     try:
@@ -142,7 +127,8 @@ def read_decoded(path: str, decode: Callable[[bytes], Any]) -> Any:
         raise BadFile(path, f"unreadable ({type(exc).__name__}: {exc})") from exc
 
 
-def decode_image(data: bytes) -> np.ndarray:
+def decode_sample_image(data: bytes) -> np.ndarray:
+    """A training / labelled-set JPEG as RGB uint8 ``(H, W, 3)`` (the job's inputs go through ``pipeline.decode``)."""
     with Image.open(io.BytesIO(data)) as img:
         return np.asarray(img.convert("RGB"), dtype=np.uint8)
 
@@ -160,7 +146,7 @@ def load_sample(root: str, image_id: str, *, objects: bool = True) -> VOCSample:
 
     A missing or undecodable file raises :class:`BadFile` (:class:`MissingFile`) naming its path.
     """
-    image = read_decoded(join(root, "JPEGImages", f"{image_id}.jpg"), decode_image)
+    image = read_decoded(join(root, "JPEGImages", f"{image_id}.jpg"), decode_sample_image)
     label_path = join(root, "SegmentationClass", f"{image_id}.png")
     obj_path = join(root, "SegmentationObject", f"{image_id}.png")
     label = read_decoded(label_path, decode_label)

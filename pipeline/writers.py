@@ -29,10 +29,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from PIL import Image
 
-from models.storage import atomic_write
-from pipeline.faults import inject
 from models.classes import IGNORE_INDEX
-from pipeline.sources import ERRORS_DIR, PARQUET_DIR, confidence_key, join, safe_relpath
+from models.storage import atomic_write, join
+from pipeline.faults import inject
+from pipeline.sources import ERRORS_DIR, PARQUET_DIR, confidence_key, safe_relpath
 
 CLASS_FRACTION = pa.struct([("id", pa.int32()), ("name", pa.string()), ("fraction", pa.float32())])
 RESULT_SCHEMA = pa.schema(

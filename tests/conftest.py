@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import pytest
-
-from pipeline.ray_session import disable_usage_stats
-from pipeline.synthvoc import generate_voc
 from sbd_fixtures import make_paper_sets
+
+from pipeline.demo.synthvoc import generate_voc
+from pipeline.ray_session import disable_usage_stats
 
 # Every Ray the tests start (ray.init, ray.cluster_utils) reports no usage statistics.
 disable_usage_stats()

@@ -15,7 +15,7 @@ import numpy as np
 import scipy.io
 import scipy.sparse
 
-from pipeline.synthvoc import generate_voc
+from pipeline.demo.synthvoc import generate_voc
 from pipeline.voc import load_sample, read_split
 
 

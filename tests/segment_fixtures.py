@@ -19,7 +19,7 @@ from fsspec.spec import AbstractFileSystem
 from PIL import Image
 
 from models import FCN, DeconvNet, save_checkpoint
-from pipeline.local_head import free_port  # noqa: F401  (the tests import it from here)
+from pipeline.demo.local_head import free_port  # noqa: F401  (the tests import it from here)
 from pipeline.proposals import ProposalConfig
 from pipeline.segment_config import CRFConfig, SegmentConfig
 from pipeline.segmenter import InferenceConfig

@@ -24,11 +24,11 @@ import pyarrow.parquet as pq
 import pytest
 import ray
 from PIL import Image
+from segment_fixtures import make_checkpoints, tiny_config, write_images
 
 from pipeline import faults
 from pipeline.reference import reference_results
 from pipeline.segment import TASK_SLOTS, ClusterTooSmall, prepare, run, stage_resources
-from segment_fixtures import make_checkpoints, tiny_config, write_images
 
 pytestmark = pytest.mark.slow
 
@@ -165,8 +165,8 @@ def test_evaluation_on_a_gpu_node(synth_voc, tmp_path):
 
 
 def test_training_on_logical_gpus_is_refused_clearly(tmp_path):
-    from pipeline.train_config import TrainConfig
-    from pipeline.train_run import check_gpus_usable
+    from pipeline.train.config import TrainConfig
+    from pipeline.train.run import check_gpus_usable
 
     with logical_gpu_ray(2):
         check_gpus_usable(TrainConfig(data="d", output=str(tmp_path), use_gpu=False))  # CPUs asked: fine

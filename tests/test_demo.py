@@ -16,7 +16,7 @@ import torch
 from PIL import Image
 
 from models import load_checkpoint, read_checkpoint_meta
-from pipeline.synthvoc import DEMO_DATASET, SYNTH_CLASSES
+from pipeline.demo.synthvoc import DEMO_DATASET, SYNTH_CLASSES
 
 REPO = Path(__file__).resolve().parent.parent
 DEMO = REPO / "models" / "demo"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 from PIL import Image
 
-from pipeline.diagnostics import (
+from pipeline.evaluation.diagnostics import (
     diagnostics_lines,
     ground_truth_instances,
     label_for_size,

@@ -15,12 +15,12 @@ from PIL import Image
 
 from models import FCN, DeconvNet, save_checkpoint, voc_palette
 from pipeline.crf import dense_crf
-from pipeline.evaluation import VARIANTS as VARIANTS_ALL
+from pipeline.evaluation.job import VARIANTS as VARIANTS_ALL
+from pipeline.evaluation.regression import EXIT_FAILED, EXIT_MISMATCH, EXIT_OK, EXIT_REGRESSION
 from pipeline.labelled import open_labelled_set
 from pipeline.metrics import ConfusionMatrix
 from pipeline.proposals import ProposalConfig, ProposalGenerator, enlarge_boxes
 from pipeline.segment_config import CRFConfig
-from pipeline.regression import EXIT_FAILED, EXIT_MISMATCH, EXIT_OK, EXIT_REGRESSION
 from pipeline.segmenter import InferenceConfig, Segmenter
 from pipeline.voc import instance_regions, load_sample
 

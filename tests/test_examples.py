@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pipeline.examples import (
+from pipeline.proposals import enlarge_boxes
+from pipeline.train.examples import (
     ENLARGE,
     augment,
     box_iou,
@@ -17,7 +18,6 @@ from pipeline.examples import (
     select_proposals,
     whole_image_examples,
 )
-from pipeline.proposals import enlarge_boxes
 from pipeline.voc import instances, load_sample, read_split
 
 

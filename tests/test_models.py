@@ -10,11 +10,11 @@ import torchvision
 from torch import nn
 
 from models import (
+    FCN,
     VGG16,
     CheckpointError,
     CheckpointMeta,
     DeconvNet,
-    FCN,
     WeightsUnavailableError,
     fold_batchnorm,
     load_checkpoint,

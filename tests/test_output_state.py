@@ -22,8 +22,8 @@ from segment_fixtures import make_checkpoints, write_images
 
 from models import DeconvNet, save_checkpoint
 from models.storage import atomic_write
+from pipeline.evaluation.report import write_report
 from pipeline.progress import ProgressReporter, format_duration
-from pipeline.report import write_report
 from pipeline.sources import assign_outputs, output_totals, scan_output
 from pipeline.writers import write_outputs
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from models.classes import voc_palette
-from pipeline.overlay import IGNORE_COLOUR, blend, colourise, overlay_grid
+from pipeline.demo.overlay import IGNORE_COLOUR, blend, colourise, overlay_grid
 
 
 def test_colourise_and_blend_use_the_palette():

@@ -8,8 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pipeline.metrics import ConfusionMatrix
-from pipeline.regression import (
+from pipeline.evaluation.regression import (
     EXIT_FAILED,
     EXIT_MISMATCH,
     EXIT_OK,
@@ -19,7 +18,8 @@ from pipeline.regression import (
     failure_summary,
     parse_max_failed,
 )
-from pipeline.report import markdown_table, read_report, variant_entry, write_report
+from pipeline.evaluation.report import markdown_table, read_report, variant_entry, write_report
+from pipeline.metrics import ConfusionMatrix
 
 CLASSES = ["background", "disc", "box"]
 

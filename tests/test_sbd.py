@@ -14,12 +14,12 @@ import pytest
 import ray
 import scipy.io
 from PIL import Image
+from sbd_fixtures import write_cls_mat, write_inst_mat, write_list
 
 from pipeline.sbd import decode_inst, load_sbd_sample, read_sbd_split
-from pipeline.train_config import TrainConfig
-from pipeline.train_set import TooManyBadExamples, build_training_set, listed_ids
+from pipeline.train.config import TrainConfig
+from pipeline.train.training_set import TooManyBadExamples, build_training_set, listed_ids
 from pipeline.voc import BadFile, MissingFile, instances, load_sample
-from sbd_fixtures import write_cls_mat, write_inst_mat, write_list
 
 ROOT = Path(__file__).resolve().parents[1]
 

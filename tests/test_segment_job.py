@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from segment_fixtures import make_checkpoints, write_images
 
-from pipeline.local_head import leftover_processes, local_head
+from pipeline.demo.local_head import leftover_processes, local_head
 
 pytestmark = pytest.mark.slow
 

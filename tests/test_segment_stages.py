@@ -20,8 +20,9 @@ import torch.nn.functional as F
 from PIL import Image
 from segment_fixtures import NUM_CLASSES, make_checkpoints, scene, tiny_config, write_images, write_odd_inputs
 
+from models.storage import atomic_write
 from pipeline.crf import CRFStage, dense_crf, kept_classes, uncertainty
-from pipeline.decode import decode_images, read_bytes
+from pipeline.decode import decode_images, read_files
 from pipeline.segment import (
     BLOCK_ROWS,
     MIN_STORE_MB,
@@ -41,7 +42,7 @@ from pipeline.sources import (
     mask_key,
     safe_relpath,
 )
-from pipeline.writers import ERROR_SCHEMA, RESULT_SCHEMA, atomic_write, encode_mask, write_outputs
+from pipeline.writers import ERROR_SCHEMA, RESULT_SCHEMA, encode_mask, write_outputs
 
 
 @pytest.fixture(scope="module")
@@ -59,7 +60,7 @@ def _batch(items: list[dict]) -> dict[str, np.ndarray]:
 def test_decode_odd_inputs(tmp_path):
     expected = write_odd_inputs(tmp_path)
     items = [{"path": str(tmp_path / n), "image_id": n, "status": "ok", "error": ""} for n in sorted(expected)]
-    out = decode_images(read_bytes(_batch(items)), max_pixels=10**6)
+    out = decode_images(read_files(_batch(items)), max_pixels=10**6)
     got = dict(zip(out["image_id"], out["status"]))
     assert got == expected
     by_id = {i: k for k, i in enumerate(out["image_id"])}
@@ -86,7 +87,7 @@ def test_decode_too_large_and_read_error(tmp_path):
         {"path": str(tmp_path / "gone.png"), "image_id": "gone.png", "status": "ok", "error": ""},
         {"path": "x", "image_id": "pre", "status": "OutputCollision", "error": "earlier"},
     ]
-    out = decode_images(read_bytes(_batch(items)), max_pixels=50 * 60 - 1)
+    out = decode_images(read_files(_batch(items)), max_pixels=50 * 60 - 1)
     assert list(out["status"]) == ["ImageTooLarge", "FileNotFoundError", "OutputCollision"]
     assert "3000 pixels" in out["error"][0] and out["error"][2] == "earlier"
 

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pipeline.synthvoc import SYNTH_CLASSES, generate_voc, main
+from pipeline.demo.synthvoc import SYNTH_CLASSES, generate_voc, main
 
 
 def _digest(root):
@@ -85,7 +85,7 @@ def test_images_hold_small_and_large_objects_and_background_distractors(tmp_path
 
 
 def test_the_held_out_preset_shares_no_seed_or_image_with_the_training_preset(tmp_path, capsys):
-    from pipeline.synthvoc import DEMO_DATASET, HELDOUT_DATASET
+    from pipeline.demo.synthvoc import DEMO_DATASET, HELDOUT_DATASET
 
     assert HELDOUT_DATASET["seed"] != DEMO_DATASET["seed"] and HELDOUT_DATASET["n_val"] >= 60
     main([str(tmp_path / "heldout"), "--preset", "heldout"])

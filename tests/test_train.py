@@ -24,12 +24,12 @@ from safetensors.torch import load_file
 from models import load_checkpoint
 from models.classes import VOC_CLASSES
 from models.fcn import FCN
+from pipeline.demo.synthvoc import SYNTH_CLASSES
 from pipeline.metrics import ConfusionMatrix
-from pipeline.synthvoc import SYNTH_CLASSES
-from pipeline.train_config import TrainConfig
-from pipeline.train_data import val_dataset
-from pipeline.train_run import run_training
-from pipeline.train_state import MODEL_FILE, OPTIMIZER_FILE, STATE_FILE, latest_checkpoint, weights_fingerprint
+from pipeline.train.config import TrainConfig
+from pipeline.train.data import val_dataset
+from pipeline.train.run import run_training
+from pipeline.train.state import MODEL_FILE, OPTIMIZER_FILE, STATE_FILE, latest_checkpoint, weights_fingerprint
 
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow

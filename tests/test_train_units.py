@@ -17,10 +17,10 @@ from torch import nn
 
 from models import DeconvNet, load_checkpoint
 from models.checkpoint import CheckpointMeta
-from pipeline.train_bn import population_statistics
-from pipeline.train_config import TrainConfig
-from pipeline.train_loop import learning_rate, update_plateau
-from pipeline.train_state import (
+from pipeline.train.bn import population_statistics
+from pipeline.train.config import TrainConfig
+from pipeline.train.loop import learning_rate, update_plateau
+from pipeline.train.state import (
     STATE_FILE,
     checkpoint_dir_name,
     latest_checkpoint,
@@ -165,7 +165,7 @@ def test_training_checkpoint_round_trip_and_latest(tmp_path):
 
 
 def test_memory_urls_are_refused_before_any_work():
-    from pipeline.train_run import check_paths_and_resources
+    from pipeline.train.run import check_paths_and_resources
 
     with pytest.raises(ValueError, match="Ray workers cannot see it"):
         check_paths_and_resources(TrainConfig(data="memory://voc", output="/tmp/run"))
@@ -182,8 +182,8 @@ def test_local_paths_become_absolute_urls_stay(tmp_path, monkeypatch):
 
 
 def test_a_later_stage_alone_starts_from_the_earlier_stage_in_the_same_output(tmp_path, capsys):
-    from pipeline.train_config import stage
-    from pipeline.train_run import stage_init
+    from pipeline.train.config import stage
+    from pipeline.train.run import stage_init
 
     cfg = TrainConfig(data=str(tmp_path / "voc"), output=str(tmp_path / "run"), model="deconvnet", stages=("2",),
                       iterations=(4,))

@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 
 from models.classes import VOC_CLASSES, voc_palette
-from pipeline.synthvoc import SYNTH_CLASSES
+from pipeline.demo.synthvoc import SYNTH_CLASSES
 from pipeline.voc import (
     UnknownLabelColour,
     decode_label,

@@ -10,8 +10,8 @@ HERE=models/demo
 COMMON=(--width 0.0625 --num-workers 2 --cpus-per-worker 0.5 --data-cpus 0.5 --bn-batches 20
         --checkpoint-every 500 --log-every 50 --lr-schedule poly)
 
-[ -f "$WORK/voc/ImageSets/Segmentation/val.txt" ] || $PY -m pipeline.synthvoc "$WORK/voc" --preset demo
-[ -f "$WORK/heldout/ImageSets/Segmentation/val.txt" ] || $PY -m pipeline.synthvoc "$WORK/heldout" --preset heldout
+[ -f "$WORK/voc/ImageSets/Segmentation/val.txt" ] || $PY -m pipeline.demo.synthvoc "$WORK/voc" --preset demo
+[ -f "$WORK/heldout/ImageSets/Segmentation/val.txt" ] || $PY -m pipeline.demo.synthvoc "$WORK/heldout" --preset heldout
 # DeconvNet stage 1 (instance crops), then stage 2 (proposal crops) from stage 1's model.
 $PY jobs/train.py --data "$WORK/voc" --output "$WORK/deconvnet" --model deconvnet --stages 1 \
     --iterations 4000 --batch-size 8 --global-batch 16 --lr 0.1 "${COMMON[@]}"

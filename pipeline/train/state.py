@@ -24,7 +24,7 @@ from safetensors.torch import save as st_save
 from torch import nn
 
 from models import CheckpointMeta, save_checkpoint
-from pipeline.voc import exists, join, read_bytes
+from models.storage import exists, join, read_url
 
 MODEL_FILE = "model.safetensors"
 OPTIMIZER_FILE = "optimizer.safetensors"
@@ -66,9 +66,9 @@ def save_training_checkpoint(
 
 def read_training_checkpoint(directory: str) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor], dict[str, Any]]:
     """``(model state dict, momentum buffers by parameter name, state)`` from a local dir or URL."""
-    weights = st_load(read_bytes(join(directory, MODEL_FILE)))
-    momentum = st_load(read_bytes(join(directory, OPTIMIZER_FILE)))
-    state = json.loads(read_bytes(join(directory, STATE_FILE)))
+    weights = st_load(read_url(join(directory, MODEL_FILE)))
+    momentum = st_load(read_url(join(directory, OPTIMIZER_FILE)))
+    state = json.loads(read_url(join(directory, STATE_FILE)))
     return weights, momentum, state
 
 
@@ -98,7 +98,7 @@ def latest_checkpoint(run_dir: str) -> str | None:
         path = join(run_dir, name)
         if not all(exists(join(path, f)) for f in (MODEL_FILE, OPTIMIZER_FILE, STATE_FILE)):
             continue  # half-written
-        iteration = int(json.loads(read_bytes(join(path, STATE_FILE)))["iteration"])
+        iteration = int(json.loads(read_url(join(path, STATE_FILE)))["iteration"])
         if best is None or iteration > best[0]:
             best = (iteration, path)
     return best[1] if best else None

@@ -30,6 +30,7 @@ import math
 import numpy as np
 
 from pipeline.proposals import enlarge_boxes
+from pipeline.rows import RowStatus, object_column
 
 SIZES = ("small", "medium", "large")
 SIZE_BOUNDS = (0.01, 0.10)  # instance area / image area: small < 1% <= medium < 10% <= large
@@ -66,7 +67,7 @@ def tight_proposals(boxes: np.ndarray, scores: np.ndarray, enlarge: float) -> np
 
 def recall_counts(proposals: np.ndarray, gt_boxes: np.ndarray, sizes: np.ndarray, ious=RECALL_IOUS) -> np.ndarray:
     """``(len(SIZES), 1 + len(ious))`` int64: per size, the instances and how many a proposal finds at each IoU."""
-    from pipeline.examples import box_iou
+    from pipeline.train.examples import box_iou
 
     counts = np.zeros((len(SIZES), 1 + len(ious)), np.int64)
     best = box_iou(gt_boxes, proposals).max(axis=1) if len(proposals) and len(gt_boxes) else np.zeros(len(gt_boxes))
@@ -78,12 +79,6 @@ def recall_counts(proposals: np.ndarray, gt_boxes: np.ndarray, sizes: np.ndarray
     return counts
 
 
-def _objects(values: list) -> np.ndarray:
-    column = np.empty(len(values), dtype=object)
-    column[:] = values
-    return column
-
-
 def ground_truth_instances(
     batch: dict[str, np.ndarray], *, enlarge: float, size_bounds: tuple[float, float] = SIZE_BOUNDS
 ) -> dict[str, np.ndarray]:
@@ -93,37 +88,32 @@ def ground_truth_instances(
     per-pixel size map of :func:`size_map`) and ``recall`` (:func:`recall_counts` of
     the row's proposals). A missing or unreadable instance PNG makes the row an error.
     """
-    from pipeline.voc import decode_label, instance_regions, read_bytes
+    from models.storage import read_url
+    from pipeline.voc import decode_label, instance_regions
 
-    n = len(batch["image_id"])
-    status = [str(s) for s in batch["status"]]
-    errors = [str(e) for e in batch["error"]]
-    oracle: list = [np.zeros((0, 4), np.float32)] * n
-    sizes_px: list = [np.zeros((0, 0), np.uint8)] * n
-    recall: list = [np.zeros((len(SIZES), 1 + len(RECALL_IOUS)), np.int64)] * n
-    for i in range(n):
-        if status[i] != "ok":
-            continue
-        try:
-            objects = decode_label(read_bytes(str(batch["object_path"][i])))
-            h, w = batch["image"][i].shape[:2]
-            if objects.shape != (h, w):
-                raise ValueError(f"instance map is {objects.shape}, image is {(h, w)}")
-            ids, boxes, areas = instance_regions(objects)
-            sizes = size_index(areas / float(h * w), size_bounds)
-            oracle[i] = enlarge_boxes(boxes, enlarge)
-            sizes_px[i] = size_map(objects, ids, sizes)
-            proposals = tight_proposals(batch["boxes"][i], batch["box_scores"][i], enlarge)
-            recall[i] = recall_counts(proposals, boxes, sizes)
-        except Exception as exc:
-            status[i], errors[i] = type(exc).__name__, f"instances: {exc}"
+    def one(i: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        objects = decode_label(read_url(str(batch["object_path"][i])))
+        h, w = batch["image"][i].shape[:2]
+        if objects.shape != (h, w):
+            raise ValueError(f"instance map is {objects.shape}, image is {(h, w)}")
+        ids, boxes, areas = instance_regions(objects)
+        sizes = size_index(areas / float(h * w), size_bounds)
+        proposals = tight_proposals(batch["boxes"][i], batch["box_scores"][i], enlarge)
+        return enlarge_boxes(boxes, enlarge), size_map(objects, ids, sizes), recall_counts(proposals, boxes, sizes)
+
+    rows = RowStatus(batch, "instances")
+    empty = (
+        np.zeros((0, 4), np.float32),
+        np.zeros((0, 0), np.uint8),
+        np.zeros((len(SIZES), 1 + len(RECALL_IOUS)), np.int64),
+    )
+    results = rows.map(one, empty=empty)
     return {
         **batch,
-        "status": np.array(status, dtype=object),
-        "error": np.array(errors, dtype=object),
-        "oracle_boxes": _objects(oracle),
-        "size_px": _objects(sizes_px),
-        "recall": _objects(recall),
+        **rows.columns(),
+        "oracle_boxes": object_column(r[0] for r in results),
+        "size_px": object_column(r[1] for r in results),
+        "recall": object_column(r[2] for r in results),
     }
 
 

@@ -3,12 +3,12 @@
 Chains (all CPU tasks; the trainer pulls them through ``ray.train.get_dataset_shard``,
 so every epoch re-runs them and draws fresh random crops / mirrors):
 
-    stage 1:      image ids (pipeline.train_set) -> instance_examples (one crop per instance) -> augment
+    stage 1:      image ids (pipeline.train.training_set) -> instance_examples (one crop per instance) -> augment
     stage 2:      cached proposals -> proposal_examples (IoU rule) -> augment
     FCN:          image ids -> whole_image_examples (random crop/pad) -> augment (mirror)
     validation:   DeconvNet: instance crops, centre window; FCN: whole images, centred
 
-The training images are a :class:`pipeline.train_set.TrainingSet` (VOC train and SBD
+The training images are a :class:`pipeline.train.training_set.TrainingSet` (VOC train and SBD
 lists, validation images removed, files checked), each row an ``image_id`` and its
 ``source`` (``voc`` or ``sbd``). Stage-2 proposals are computed once per run, as Ray
 Data tasks, and cached as ``<output>/proposals/<training set name>.parquet`` (image_id,
@@ -28,12 +28,12 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import ray
 
-from models.storage import atomic_write
-from pipeline.examples import augment, image_proposals, instance_examples, proposal_examples, whole_image_examples
+from models.storage import atomic_write, exists, join, read_url
 from pipeline.proposals import ProposalConfig
-from pipeline.train_config import Stage, TrainConfig
-from pipeline.train_set import TrainingSet
-from pipeline.voc import exists, join, read_bytes, read_split
+from pipeline.train.config import Stage, TrainConfig
+from pipeline.train.examples import augment, image_proposals, instance_examples, proposal_examples, whole_image_examples
+from pipeline.train.training_set import TrainingSet
+from pipeline.voc import read_split
 
 COLUMNS = ["image", "label"]  # what reaches the trainer
 _IDS_PER_TASK = 4  # images per example-construction batch
@@ -56,7 +56,8 @@ def proposals_path(cfg: TrainConfig, training: TrainingSet) -> str:
     return join(cfg.output, "proposals", f"{training.name}.parquet")
 
 
-def proposal_config(cfg: TrainConfig) -> ProposalConfig:
+def training_proposal_config(cfg: TrainConfig) -> ProposalConfig:
+    """EdgeBoxes settings of the stage-2 training proposals: tight boxes (enlarged later, with the crops)."""
     return ProposalConfig(top_k=cfg.proposal_top_k, min_side=cfg.proposal_min_side, enlarge=1.0, edge_model=cfg.edge_model)
 
 
@@ -66,7 +67,7 @@ def cached_proposals(cfg: TrainConfig, training: TrainingSet) -> list[dict]:
     path = proposals_path(cfg, training)
     sources = {r["image_id"]: r["source"] for r in training.rows}
     if exists(path):
-        cached = {r["image_id"]: r for r in pq.read_table(io.BytesIO(read_bytes(path))).to_pylist()}
+        cached = {r["image_id"]: r for r in pq.read_table(io.BytesIO(read_url(path))).to_pylist()}
         if sources.keys() <= cached.keys():
             print(f"[train] stage-2 proposals: using the cache {path} ({len(sources)} of its {len(cached)} images)",
                   flush=True)
@@ -75,7 +76,7 @@ def cached_proposals(cfg: TrainConfig, training: TrainingSet) -> list[dict]:
               "images; recomputing it", flush=True)
     print(f"[train] stage-2 proposals: computing EdgeBoxes for {len(sources)} images -> {path}", flush=True)
     ds = _map(_ids_dataset(training.rows, cfg), image_proposals, cfg,
-              root=cfg.data, sbd=cfg.sbd, proposal=dataclasses.asdict(proposal_config(cfg)))
+              root=cfg.data, sbd=cfg.sbd, proposal=dataclasses.asdict(training_proposal_config(cfg)))
     rows = sorted(
         ({"image_id": str(r["image_id"]), "boxes": np.asarray(r["boxes"], np.float32).tolist(),
           "scores": np.asarray(r["scores"], np.float32).tolist()} for r in ds.iter_rows()),

@@ -2,7 +2,7 @@
 
 ::
 
-    labelled rows -> read_bytes -> decode_images -> ProposalStage     (the segmentation job's stages)
+    labelled rows -> read_files -> decode_images -> ProposalStage     (the segmentation job's stages)
       -> VariantProbs: DeconvNet and FCN probabilities, computed once  model actors
       -> ScoreVariants: every variant's labels from those two maps     CPU actors
          (argmax, mean ensemble, CRF), per-batch confusion matrices
@@ -15,7 +15,7 @@ variants reuse the same probabilities. A proposal sweep adds ``deconvnet@K`` and
 ``edeconvnet@K`` variants that use only the top K proposals.
 
 When the labels have instances (VOC ``SegmentationObject``), a stage after the
-proposals reads them and the report gains ``pipeline.diagnostics``' proposal recall by
+proposals reads them and the report gains ``pipeline.evaluation.diagnostics``' proposal recall by
 object size, the oracle variants ``deconvnet@oracle`` / ``edeconvnet@oracle`` (the
 ground-truth instance boxes as proposals) and every variant's mean IoU by object size.
 """
@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from pipeline.diagnostics import (
+from pipeline.evaluation.diagnostics import (
     RECALL_IOUS,
     SIZE_BOUNDS,
     SIZES,
@@ -38,8 +38,10 @@ from pipeline.diagnostics import (
     ground_truth_instances,
     label_for_size,
 )
+from pipeline.evaluation.regression import CLASS_DROP, MIOU_DROP
 from pipeline.metrics import ConfusionMatrix
 from pipeline.proposals import ProposalConfig
+from pipeline.rows import RowStatus, object_column
 from pipeline.segment_config import CRFConfig
 from pipeline.segmenter import InferenceConfig
 
@@ -95,12 +97,6 @@ class EvalConfig:
         return list(self.variants) + sweep + oracles
 
 
-def _objects(values: list) -> np.ndarray:
-    column = np.empty(len(values), dtype=object)
-    column[:] = values
-    return column
-
-
 class VariantProbs:
     """Model stage: adds ``deconvnet`` / ``fcn`` probability maps (and ``deconvnet@K``).
 
@@ -120,22 +116,20 @@ class VariantProbs:
         self.sweep = tuple(sweep)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        status = [str(s) for s in batch["status"]]
-        errors = [str(e) for e in batch["error"]]
-        parts: list[dict] = [{} for _ in status]
-        for i in [i for i, s in enumerate(status) if s == "ok"]:
-            try:
-                boxes = batch["boxes"][i]
-                oracle = {"oracle": [batch["oracle_boxes"][i]]} if "oracle_boxes" in batch else None
-                parts[i] = self.seg.predict_parts([batch["image"][i]], [boxes], prefixes=self.sweep, other_boxes=oracle)[0]
-                parts[i]["n_boxes"] = len(boxes)
-                if oracle:
-                    parts[i]["n_boxes@oracle"] = len(oracle["oracle"][0])
-            except Exception as exc:
-                status[i], errors[i] = type(exc).__name__, f"model stage: {exc}"
+        rows = RowStatus(batch, "model stage")
+        parts = rows.map(lambda i: self._parts(batch, i), empty={})
         out = {k: v for k, v in batch.items() if k not in ("boxes", "box_scores", "oracle_boxes")}
-        out.update(status=np.array(status, dtype=object), error=np.array(errors, dtype=object), parts=_objects(parts))
+        out.update(rows.columns(), parts=object_column(parts))
         return out
+
+    def _parts(self, batch: dict[str, np.ndarray], i: int) -> dict:
+        boxes = batch["boxes"][i]
+        oracle = {"oracle": [batch["oracle_boxes"][i]]} if "oracle_boxes" in batch else None
+        parts = self.seg.predict_parts([batch["image"][i]], [boxes], prefixes=self.sweep, other_boxes=oracle)[0]
+        parts["n_boxes"] = len(boxes)
+        if oracle:
+            parts["n_boxes@oracle"] = len(oracle["oracle"][0])
+        return parts
 
 
 def variant_labels(name: str, parts: dict[str, np.ndarray], image: np.ndarray, crf_cfg: CRFConfig) -> np.ndarray:
@@ -164,7 +158,7 @@ def variant_labels(name: str, parts: dict[str, np.ndarray], image: np.ndarray, c
 class ScoreVariants:
     """Scoring stage: one output row per variant per batch with its partial confusion matrix.
 
-    Rows that carry a size map (``size_px``, from ``pipeline.diagnostics``) add one row
+    Rows that carry a size map (``size_px``, from ``pipeline.evaluation.diagnostics``) add one row
     per variant and object size, named ``<variant>#<size>``, whose matrix counts only
     the background and the instances of that size. One more row (variant ``""``)
     carries the batch's per-image errors and its summed proposal ``recall`` counts, so
@@ -186,7 +180,8 @@ class ScoreVariants:
         self.palette = palette
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        from pipeline.voc import decode_label, read_bytes
+        from models.storage import read_url
+        from pipeline.voc import decode_label
 
         mats = {v: ConfusionMatrix(self.num_classes) for v in self.variants}
         by_size = {f"{v}#{size}": ConfusionMatrix(self.num_classes) for v in self.variants for size in SIZES}
@@ -197,7 +192,7 @@ class ScoreVariants:
             status, error = str(batch["status"][i]), str(batch["error"][i])
             if status == "ok":
                 try:
-                    label = decode_label(read_bytes(str(batch["label_path"][i])), self.palette)
+                    label = decode_label(read_url(str(batch["label_path"][i])), self.palette)
                     image = batch["image"][i]
                     if label.shape != image.shape[:2]:
                         raise ValueError(f"label is {label.shape}, image is {image.shape[:2]}")
@@ -220,24 +215,24 @@ class ScoreVariants:
         names = list(mats) + [""]
         return {
             "variant": np.array(names, dtype=object),
-            "matrix": _objects([m.mat.reshape(-1) for m in mats.values()] + [np.zeros(0, np.int64)]),
+            "matrix": object_column([m.mat.reshape(-1) for m in mats.values()] + [np.zeros(0, np.int64)]),
             "scored": np.array([scored] * len(mats) + [0], dtype=np.int64),
-            "failed": _objects([[] for _ in mats] + [failed]),
-            "recall": _objects([np.zeros_like(recall)] * len(mats) + [recall]),
+            "failed": object_column([[] for _ in mats] + [failed]),
+            "recall": object_column([np.zeros_like(recall)] * len(mats) + [recall]),
         }
 
 
-def evaluate(cfg: EvalConfig, *, num_classes: int, rows: list[dict], palette: list[list[int]] | None = None) -> dict:
+def evaluate_rows(cfg: EvalConfig, *, num_classes: int, rows: list[dict], palette: list[list[int]] | None = None) -> dict:
     """Run the chain over ``rows`` ({image_id, path, label_path}); return summed metrics per variant.
 
     ``palette`` (class colours) maps colour label PNGs to classes; index PNGs need none.
     With diagnostics on and an ``object_path`` (instance PNG) in every row, the result
     also holds the ``<variant>#<size>`` matrices, the oracle variants and the summed
-    proposal ``recall`` counts (``pipeline.diagnostics``).
+    proposal ``recall`` counts (``pipeline.evaluation.diagnostics``).
     """
     import ray
 
-    from pipeline.decode import decode_images, read_bytes
+    from pipeline.decode import decode_images, read_files
     from pipeline.proposal_stage import ProposalStage
     from pipeline.ray_session import ensure_ray
     from pipeline.segment import fixed_pool, stage_resources
@@ -258,7 +253,7 @@ def evaluate(cfg: EvalConfig, *, num_classes: int, rows: list[dict], palette: li
     start = time.time()
     ds = (
         ray.data.from_items(items, override_num_blocks=max(1, min(len(items), 16)))
-        .map_batches(read_bytes, batch_size=8, batch_format="numpy", num_cpus=share)
+        .map_batches(read_files, batch_size=8, batch_format="numpy", num_cpus=share)
         .map_batches(decode_images, fn_kwargs={"max_pixels": cfg.max_pixels}, batch_size=8, batch_format="numpy", num_cpus=share)
         .map_batches(
             ProposalStage, fn_constructor_kwargs={"cfg": cfg.proposals}, batch_size=1, batch_format="numpy",
@@ -328,8 +323,8 @@ def run_evaluation(
     *,
     output: str,
     baseline: str | None = None,
-    miou_drop: float = 0.005,
-    class_drop: float = 0.02,
+    miou_drop: float = MIOU_DROP,
+    class_drop: float = CLASS_DROP,
     force: bool = False,
     max_failed: int | float = 0,
 ) -> dict:
@@ -341,9 +336,9 @@ def run_evaluation(
     the exit code is ``EXIT_FAILED``. Returns ``{"report", "paths", "lines", "exit_code"}``.
     """
     from models import read_checkpoint_meta
+    from pipeline.evaluation.regression import EXIT_OK, check_comparable, compare_reports, failure_summary
+    from pipeline.evaluation.report import read_report, variant_entry, write_report
     from pipeline.labelled import open_labelled_set
-    from pipeline.regression import EXIT_OK, check_comparable, compare_reports, failure_summary
-    from pipeline.report import read_report, variant_entry, write_report
 
     cfg.validate()
     data = open_labelled_set(cfg.data, cfg.split, skip_missing_labels=cfg.skip_missing_labels)
@@ -366,7 +361,7 @@ def run_evaluation(
         if not force:
             check_comparable({"dataset": dataset, "class_names": data.class_names}, base)
 
-    result = evaluate(cfg, num_classes=len(data.class_names), rows=rows, palette=palettes[0] if palettes else None)
+    result = evaluate_rows(cfg, num_classes=len(data.class_names), rows=rows, palette=palettes[0] if palettes else None)
     metrics = result["metrics"]
     oracles = [v for v in result["variants"] if v.endswith("@oracle")]
     report = {

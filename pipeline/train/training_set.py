@@ -7,7 +7,7 @@
    ``val_max_images`` scored) is removed, so the model never trains on an image it is
    validated on. The counts before and after are logged and kept.
 3. **Checked.** Every remaining image is loaded once, as training will load it (Ray Data
-   tasks, :func:`pipeline.examples.check_examples`): an id whose files are missing or do
+   tasks, :func:`pipeline.train.examples.check_examples`): an id whose files are missing or do
    not decode (a corrupt .mat, a truncated JPEG) is skipped, logged with the file's path
    and counted. More than ``max_bad_examples`` such images stop the run
    (:class:`TooManyBadExamples`) before any training.
@@ -23,11 +23,11 @@ from dataclasses import dataclass, field
 
 import ray
 
-from models.storage import atomic_write
-from pipeline.examples import check_examples
+from models.storage import atomic_write, join
 from pipeline.sbd import read_sbd_split
-from pipeline.train_config import TrainConfig
-from pipeline.voc import join, read_split
+from pipeline.train.config import TrainConfig
+from pipeline.train.examples import check_examples
+from pipeline.voc import read_split
 
 SHOWN_BAD = 20  # skipped files named in the error that stops a run
 

@@ -25,13 +25,14 @@ from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, Sc
 from ray.train.torch import TorchTrainer
 
 from models.classes import VOC_CLASSES
-from models.storage import atomic_write
-from pipeline.train_config import Stage, TrainConfig, stage as make_stage
-from pipeline.train_data import train_dataset, val_dataset
-from pipeline.train_loop import train_loop_per_worker
-from pipeline.train_set import TrainingSet, build_training_set, write_training_set
-from pipeline.train_state import MODEL_FILE
-from pipeline.voc import exists, join, read_bytes, read_class_names
+from models.storage import atomic_write, exists, join, read_url
+from pipeline.train.config import Stage, TrainConfig
+from pipeline.train.config import stage as make_stage
+from pipeline.train.data import train_dataset, val_dataset
+from pipeline.train.loop import train_loop_per_worker
+from pipeline.train.state import MODEL_FILE
+from pipeline.train.training_set import TrainingSet, build_training_set, write_training_set
+from pipeline.voc import read_class_names
 
 
 def _storage_path(output: str) -> str:
@@ -187,4 +188,4 @@ def run_training(cfg: TrainConfig) -> dict[str, str]:
 
 
 def stage_metrics(cfg: TrainConfig, stage_name: str) -> dict:
-    return json.loads(read_bytes(join(cfg.output, f"{stage_name}.json")))
+    return json.loads(read_url(join(cfg.output, f"{stage_name}.json")))

@@ -27,6 +27,10 @@ EXIT_OK = 0
 EXIT_REGRESSION = 3
 EXIT_MISMATCH = 4
 EXIT_FAILED = 5
+# Default regression thresholds of a baseline comparison, in IoU (0.01 = 1 point): the mean IoU of a variant,
+# and any one class's IoU.
+MIOU_DROP = 0.005
+CLASS_DROP = 0.02
 
 
 class ReportMismatch(ValueError):
@@ -58,7 +62,7 @@ def check_comparable(current: dict, baseline: dict) -> None:
 
 
 def compare_reports(
-    current: dict, baseline: dict, *, miou_drop: float = 0.005, class_drop: float = 0.02, force: bool = False
+    current: dict, baseline: dict, *, miou_drop: float = MIOU_DROP, class_drop: float = CLASS_DROP, force: bool = False
 ) -> Comparison:
     """Per-variant, per-class IoU deltas (now - baseline) and the regressions found."""
     if not force:

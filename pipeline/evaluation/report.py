@@ -101,7 +101,7 @@ def render_markdown(report: dict) -> str:
 
 
 def diagnostics_markdown(diag: dict) -> list[str]:
-    """Proposal recall and mean IoU by object size (``pipeline.diagnostics``), as Markdown lines."""
+    """Proposal recall and mean IoU by object size (``pipeline.evaluation.diagnostics``), as Markdown lines."""
     small, large = diag["size_bounds"]
     recall = diag["proposal_recall"]
     ious = [k for k in next(iter(recall["by_size"].values())) if k.startswith("iou_")]

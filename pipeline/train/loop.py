@@ -6,9 +6,9 @@ data parallelism, and runs SGD for ``stage.iterations`` optimizer steps: each st
 accumulates ``cfg.accumulation`` micro-batches of ``cfg.batch_size`` examples per
 worker (cross-entropy ignoring 255, mean over labelled pixels). Every
 ``checkpoint_every`` iterations and at the end it runs the BN population pass
-(``pipeline.train_bn``), validates (``ConfusionMatrix``, pooled across workers),
+(``pipeline.train.bn``), validates (``ConfusionMatrix``, pooled across workers),
 updates the learning-rate schedule, and reports metrics with a checkpoint
-(``pipeline.train_state``) through ``ray.train.report``.
+(``pipeline.train.state``) through ``ray.train.report``.
 
 Resume: ``ray.train.get_checkpoint()`` (after a worker failure, or when a re-run
 finds Ray Train's run snapshot), else the newest complete checkpoint in the stage's
@@ -40,11 +40,12 @@ from torch import nn
 from models import IGNORE_INDEX, IMAGENET_MEAN, IMAGENET_STD, CheckpointMeta, build_model, load_checkpoint
 from models.deconvnet import deconvnet
 from models.fcn import FCN, fcn
+from models.storage import exists, join
 from pipeline.faults import KILL_EXIT_CODE
 from pipeline.metrics import ConfusionMatrix
-from pipeline.train_bn import population_statistics
-from pipeline.train_config import Stage, TrainConfig
-from pipeline.train_state import (
+from pipeline.train.bn import population_statistics
+from pipeline.train.config import Stage, TrainConfig
+from pipeline.train.state import (
     checkpoint_dir_name,
     latest_checkpoint,
     read_training_checkpoint,
@@ -52,7 +53,6 @@ from pipeline.train_state import (
     save_training_checkpoint,
     weights_fingerprint,
 )
-from pipeline.voc import exists, join
 
 # --- model initialisation ------------------------------------------------------------------------
 
@@ -158,12 +158,12 @@ def update_plateau(cfg: TrainConfig, sched: dict[str, Any], val_miou: float) -> 
 
 
 @torch.no_grad()
-def evaluate(
+def validate(
     model: nn.Module, val_set, normalise: _Normalise, batch_size: int, num_classes: int, rank: int
 ) -> dict[str, Any]:
     """Confusion-matrix metrics of the whole validation set, the same on every worker.
 
-    The val set is not split between the workers (``train_run.train_stage``): Ray Train's
+    The val set is not split between the workers (``pipeline.train.run.train_stage``): Ray Train's
     split gives equal shards by dropping up to ``workers - 1`` examples, which would leave
     them out of the metrics. Rank 0 scores every example; the matrix reaches the others
     through the same all-reduce (they add zeros), which also keeps the workers in step.
@@ -253,7 +253,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         nonlocal window, window_steps, window_time, reported_at
         it = state["iteration"]
         population_statistics(module, lambda: normalise(next(train_batches))[0], cfg.bn_batches)
-        val = evaluate(module, val_set, normalise, cfg.batch_size, num_classes, rank) if val_set is not None else None
+        val = validate(module, val_set, normalise, cfg.batch_size, num_classes, rank) if val_set is not None else None
         metrics = {
             "stage": stage.name,
             "iteration": it,

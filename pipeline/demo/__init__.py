@@ -1,0 +1,1 @@
+"""Demo and test support: generated VOC-layout data, a private local Ray head, overlay pictures."""
