@@ -16,7 +16,8 @@ from PIL import Image
 from models import FCN, DeconvNet, save_checkpoint, voc_palette
 from pipeline.crf import dense_crf
 from pipeline.evaluation.job import VARIANTS as VARIANTS_ALL
-from pipeline.evaluation.regression import EXIT_FAILED, EXIT_MISMATCH, EXIT_OK, EXIT_REGRESSION
+from pipeline.evaluation.job import EvalConfig
+from pipeline.evaluation.regression import CLASS_DROP, EXIT_FAILED, EXIT_MISMATCH, EXIT_OK, EXIT_REGRESSION, MIOU_DROP
 from pipeline.labelled import open_labelled_set
 from pipeline.metrics import ConfusionMatrix
 from pipeline.proposals import ProposalConfig, ProposalGenerator, enlarge_boxes
@@ -285,3 +286,9 @@ def test_missing_labels_are_named_before_work_and_a_run_where_nothing_scores_exi
     assert report["dataset"]["missing_labels"] == 2 and report["missing_label_images"] == [f"{ids[0]}.jpg", f"{ids[2]}.jpg"]
     md = (tmp_path / "r1" / "report.md").read_text()
     assert "**1 of 1 images could not be scored**" in md and "**2 images have no label**" in md
+
+
+def test_cli_defaults_are_the_configs_own():
+    args = evaluate_job.get_args_parser().parse_args(["--data", "d", "--output", "o", "--checkpoint", "c"])
+    assert evaluate_job.config_from_args(args) == EvalConfig(data="d", checkpoint="c")
+    assert (args.miou_drop, args.class_drop) == (100 * MIOU_DROP, 100 * CLASS_DROP)

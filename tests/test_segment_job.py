@@ -11,6 +11,7 @@ import pytest
 from segment_fixtures import make_checkpoints, write_images
 
 from pipeline.demo.local_head import leftover_processes, local_head
+from pipeline.segment_config import SegmentConfig
 
 pytestmark = pytest.mark.slow
 
@@ -142,11 +143,14 @@ def test_cli_flags_reach_the_config():
         return job.config_from_args(job.get_args_parser().parse_args([*base, *extra]))
 
     default = cfg()
+    # The command line's defaults are the dataclasses' own.
+    assert default == SegmentConfig(input="in", output="out", checkpoint="d.safetensors", fcn_checkpoint="f.safetensors")
     assert default.skip_existing and default.formats == ("png", "parquet") and default.inference.ensemble == "mean"
     assert default.stall_minutes == 30 and not default.autoscaling
     assert cfg("--no-skip-existing").skip_existing is False
     assert cfg("--format", "parquet").formats == ("parquet",)
-    assert cfg("--ensemble", "none").inference.ensemble == "deconvnet"  # DeconvNet alone
+    assert cfg("--ensemble", "deconvnet").inference.ensemble == "deconvnet"  # DeconvNet alone
+    assert cfg("--ensemble", "none").inference.ensemble == "deconvnet"  # its old spelling
     assert cfg("--ensemble", "fcn").inference.ensemble == "fcn"
     assert cfg("--extensions", "jpg, .PNG,tif").extensions == ("jpg", ".PNG", "tif")
     assert cfg("--stall-minutes", "2.5", "--autoscaling").stall_minutes == 2.5
