@@ -62,7 +62,11 @@ def _model_work():
     return lambda: segmenter.predict([image], [boxes.astype(np.float32)])
 
 
-WORKLOADS = {"pure-Python loop": None, "dense CRF (pruned, 6 classes)": _crf_work, "model stage (1 thread)": _model_work}
+WORKLOADS = {
+    "pure-Python loop": None,
+    "dense CRF (pruned, 6 classes)": _crf_work,
+    "model stage (1 thread)": _model_work,
+}
 
 
 def worker(name: str, repeat: int, ready, out) -> None:
@@ -97,8 +101,17 @@ def main() -> None:
         repeat = args.repeat * (10 if WORKLOADS[name] is None else 1)
         alone, two, four = (per_unit(name, k, repeat) for k in (1, 2, 4))
         rows.append([name, alone, two, 2 * alone / two, four, 4 * alone / four])
-    print_table(["work", "s/unit alone", "s/unit, 2 at once", "capacity, 2 at once", "s/unit, 4 at once",
-                 "capacity, 4 at once"], rows)
+    print_table(
+        [
+            "work",
+            "s/unit alone",
+            "s/unit, 2 at once",
+            "capacity, 2 at once",
+            "s/unit, 4 at once",
+            "capacity, 4 at once",
+        ],
+        rows,
+    )
 
 
 if __name__ == "__main__":

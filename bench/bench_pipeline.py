@@ -307,40 +307,89 @@ def report(args, threads, ckpts, per_stage, one_core, volume, seq_total, pipe_ru
         ["run", "seconds", "images/s", "ratio"],
         [
             ["sequential, one process", seq_total, seq_rate, "1.00x"],
-            *[[f"pipeline, {layout} layout, Ray Data on {args.cpus} CPUs", total, n / total,
-               f"{n / total / seq_rate:.2f}x"] for layout, total, _, _ in pipe_runs],
-            [f"bound: slowest stage ({slowest}) per core x {args.cpus}", "-", bound_slowest,
-             f"best pipeline at {100 * best / bound_slowest:.0f}%"],
-            [f"bound: all work / {args.cpus} cores", "-", bound_work, f"best pipeline at {100 * best / bound_work:.0f}%"],
+            *[
+                [
+                    f"pipeline, {layout} layout, Ray Data on {args.cpus} CPUs",
+                    total,
+                    n / total,
+                    f"{n / total / seq_rate:.2f}x",
+                ]
+                for layout, total, _, _ in pipe_runs
+            ],
+            [
+                f"bound: slowest stage ({slowest}) per core x {args.cpus}",
+                "-",
+                bound_slowest,
+                f"best pipeline at {100 * best / bound_slowest:.0f}%",
+            ],
+            [
+                f"bound: all work / {args.cpus} cores",
+                "-",
+                bound_work,
+                f"best pipeline at {100 * best / bound_work:.0f}%",
+            ],
         ],
     )
-    alone = {"proposal actors": one_core["proposals"], "model actors": one_core["model"], "CRF actors": one_core["crf"],
-             "fused actors": sum(one_core[k] for k in ("decode", "proposals", "model", "crf"))}
+    alone = {
+        "proposal actors": one_core["proposals"],
+        "model actors": one_core["model"],
+        "CRF actors": one_core["crf"],
+        "fused actors": sum(one_core[k] for k in ("decode", "proposals", "model", "crf")),
+    }
     for layout, total, cpu, (equal, compared, pixel_share) in pipe_runs:
         used = cpu.by_role()
-        print(f"\n{layout} layout: masks identical to the sequential run: {equal}/{compared} images, "
-              f"{100 * pixel_share:.4f}% of pixels. CPU used ({total:.0f} s x {args.cpus} CPUs = "
-              f"{total * args.cpus:.0f} CPU-s available):")
+        print(
+            f"\n{layout} layout: masks identical to the sequential run: {equal}/{compared} images, "
+            f"{100 * pixel_share:.4f}% of pixels. CPU used ({total:.0f} s x {args.cpus} CPUs = "
+            f"{total * args.cpus:.0f} CPU-s available):"
+        )
         # The other layout's actors of the run before may still be exiting: their rows say so.
         in_use = sum(alone[r] for r in LAYOUT_ROLES[layout])
         print_table(
-            ["process", "CPU s", "CPU s/image", "one-thread s/image alone", "share of available",
-             "largest RSS of one process MiB"],
-            [[role, sec, sec / n, alone[role] if role in LAYOUT_ROLES[layout] else "-",
-              f"{100 * sec / (total * args.cpus):.0f}%", cpu.peak_rss.get(role, 0) / 2**20]
-             for role, sec in sorted(used.items(), key=lambda kv: -kv[1]) if sec >= 0.01]
-            + [["all", sum(used.values()), sum(used.values()) / n, in_use,
-                f"{100 * sum(used.values()) / (total * args.cpus):.0f}%", "-"]],
+            [
+                "process",
+                "CPU s",
+                "CPU s/image",
+                "one-thread s/image alone",
+                "share of available",
+                "largest RSS of one process MiB",
+            ],
+            [
+                [
+                    role,
+                    sec,
+                    sec / n,
+                    alone[role] if role in LAYOUT_ROLES[layout] else "-",
+                    f"{100 * sec / (total * args.cpus):.0f}%",
+                    cpu.peak_rss.get(role, 0) / 2**20,
+                ]
+                for role, sec in sorted(used.items(), key=lambda kv: -kv[1])
+                if sec >= 0.01
+            ]
+            + [
+                [
+                    "all",
+                    sum(used.values()),
+                    sum(used.values()) / n,
+                    in_use,
+                    f"{100 * sum(used.values()) / (total * args.cpus):.0f}%",
+                    "-",
+                ]
+            ],
         )
     if scale_rows:
         print()
-        print_table(["images", "--object-store-mb", "seconds", "images/s", "peak driver RSS MiB",
-                     "peak object store MiB"], scale_rows)
+        print_table(
+            ["images", "--object-store-mb", "seconds", "images/s", "peak driver RSS MiB", "peak object store MiB"],
+            scale_rows,
+        )
         same = [r for r in scale_rows if r[1] == "default"]
         if len(same) >= 2:
             a, b = same[0], same[-1]
             store = f"x{b[5] / a[5]:.2f}" if a[5] >= 1 else f"{a[5]:.1f} -> {b[5]:.1f} MiB"
-            print(f"\n{b[0]}/{a[0]} images: time x{b[2] / a[2]:.2f}, driver RSS x{b[4] / a[4]:.2f}, object store {store}")
+            print(
+                f"\n{b[0]}/{a[0]} images: time x{b[2] / a[2]:.2f}, driver RSS x{b[4] / a[4]:.2f}, object store {store}"
+            )
 
 
 if __name__ == "__main__":

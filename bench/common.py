@@ -50,7 +50,9 @@ def demo_checkpoints() -> tuple[str, str]:
     """The committed demo DeconvNet and FCN-8s (trained, so their probabilities look like real ones)."""
     missing = [str(p) for p in DEMO_CHECKPOINTS if not p.exists()]
     if missing:
-        raise FileNotFoundError(f"demo checkpoints not found: {missing} (they are committed; `make demo-models` rebuilds them)")
+        raise FileNotFoundError(
+            f"demo checkpoints not found: {missing} (they are committed; `make demo-models` rebuilds them)"
+        )
     return str(DEMO_CHECKPOINTS[0]), str(DEMO_CHECKPOINTS[1])
 
 

@@ -44,33 +44,52 @@ def _csv(kind):
 
 def get_args_parser() -> argparse.ArgumentParser:
     d = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--data", default=None,
-                   help="VOC 2012 layout root (local path or fsspec URL): its train split is trained on, its val "
-                   "split validates; optional with --sbd")
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
+    )
+    p.add_argument(
+        "--data",
+        default=None,
+        help="VOC 2012 layout root (local path or fsspec URL): its train split is trained on, its val "
+        "split validates; optional with --sbd",
+    )
     p.add_argument("--output", required=True, help="run directory (local path or URL); same value = resume")
     p.add_argument("--model", default=d["model"], choices=["deconvnet", "fcn"])
     p.add_argument("--stages", type=_csv(str), default=(), help="deconvnet: 1,2; fcn: 32,16,8 (default: all)")
     p.add_argument("--iterations", type=_csv(int), default=(), help="per stage, e.g. 20000,40000 (default: paper)")
     p.add_argument("--backbone-weights", default=None, help='"imagenet" or a torchvision VGG16(-BN) .pth file')
-    p.add_argument("--init-from", default=None, help="checkpoint the first stage starts from (e.g. a stage-1 or FCN-32s model)")
+    p.add_argument(
+        "--init-from", default=None, help="checkpoint the first stage starts from (e.g. a stage-1 or FCN-32s model)"
+    )
     p.add_argument("--width", type=float, default=d["width"], help="channel multiplier (1.0 = paper)")
     p.add_argument("--train-split", default=d["train_split"], help='VOC images trained on; "" for none (SBD only)')
-    p.add_argument("--val-split", default=d["val_split"],
-                   help='a split name or a .txt list (path/URL) of --data images, never trained on; '
-                   '"" for no validation')
+    p.add_argument(
+        "--val-split",
+        default=d["val_split"],
+        help='a split name or a .txt list (path/URL) of --data images, never trained on; "" for no validation',
+    )
     p.add_argument("--val-max-images", type=int, default=None)
     p.add_argument("--sbd", default=None, help="SBD's dataset/ folder (img/, cls/, inst/, train.txt, val.txt)")
-    p.add_argument("--sbd-splits", type=_csv(str), default=d["sbd_splits"],
-                   help="SBD lists added to the training set (names or .txt paths/URLs)")
-    p.add_argument("--max-bad-examples", type=int, default=d["max_bad_examples"],
-                   help="training images with missing or unreadable files that are skipped (each logged with its "
-                   "path); one more stops the run before training")
+    p.add_argument(
+        "--sbd-splits",
+        type=_csv(str),
+        default=d["sbd_splits"],
+        help="SBD lists added to the training set (names or .txt paths/URLs)",
+    )
+    p.add_argument(
+        "--max-bad-examples",
+        type=int,
+        default=d["max_bad_examples"],
+        help="training images with missing or unreadable files that are skipped (each logged with its "
+        "path); one more stops the run before training",
+    )
     p.add_argument("--resize", type=int, default=d["resize"], help="DeconvNet crops are warped to this square")
     p.add_argument("--crop", type=int, default=d["crop"], help="random training window of the resized crops")
     p.add_argument("--fcn-size", type=int, default=d["fcn_size"], help="FCN images are cropped/padded to this square")
     p.add_argument("--no-mirror", dest="mirror", action="store_false")
-    p.add_argument("--stage2-iou", type=float, default=d["stage2_iou"], help="keep proposals with IoU >= this with an instance")
+    p.add_argument(
+        "--stage2-iou", type=float, default=d["stage2_iou"], help="keep proposals with IoU >= this with an instance"
+    )
     p.add_argument("--stage2-max-per-image", type=int, default=None)
     p.add_argument("--proposal-top-k", type=int, default=d["proposal_top_k"])
     p.add_argument("--proposal-min-side", type=float, default=d["proposal_min_side"])
@@ -94,8 +113,12 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--data-cpus", type=float, default=d["data_cpus"])
     p.add_argument("--max-failures", type=int, default=d["max_failures"])
     p.add_argument("--log-every", type=int, default=d["log_every"])
-    p.add_argument("--no-channels-last", dest="channels_last", action="store_false",
-                   help="NCHW tensors in training (default NHWC: about 3x faster on CPU for narrow networks)")
+    p.add_argument(
+        "--no-channels-last",
+        dest="channels_last",
+        action="store_false",
+        help="NCHW tensors in training (default NHWC: about 3x faster on CPU for narrow networks)",
+    )
     add_ray_address_arg(p)
     return p
 

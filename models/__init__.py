@@ -10,7 +10,12 @@ import importlib
 
 _EXPORTS = {
     "models.checkpoint": (
-        "CheckpointError", "CheckpointMeta", "build_model", "load_checkpoint", "read_checkpoint_meta", "save_checkpoint",
+        "CheckpointError",
+        "CheckpointMeta",
+        "build_model",
+        "load_checkpoint",
+        "read_checkpoint_meta",
+        "save_checkpoint",
     ),
     "models.classes": ("IGNORE_INDEX", "IMAGENET_MEAN", "IMAGENET_STD", "VOC_CLASSES", "voc_palette"),
     "models.deconvnet": ("DeconvNet", "deconvnet"),

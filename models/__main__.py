@@ -19,7 +19,9 @@ def main() -> None:
             "fcn8s": FCN(stride=8),
         }
     for name, net in nets.items():
-        rows.append((name, param_count(net), forward_flops(net, (1, 3, 224, 224)), forward_flops(net, (1, 3, 375, 500))))
+        rows.append(
+            (name, param_count(net), forward_flops(net, (1, 3, 224, 224)), forward_flops(net, (1, 3, 375, 500)))
+        )
     print(f"{'model':<10} {'params':>14} {'GFLOPs 224x224':>15} {'GFLOPs 500x375':>15}")
     for name, params, f224, f500 in rows:
         print(f"{name:<10} {params:>14,} {f224 / 1e9:>15.2f} {f500 / 1e9:>15.2f}")

@@ -80,7 +80,9 @@ def build_model(architecture: str, *, num_classes: int, width: float) -> nn.Modu
     return FCN(num_classes=num_classes, stride=strides[architecture], width=width)
 
 
-def save_checkpoint(model: nn.Module, path: str, *, meta: CheckpointMeta | None = None, **provenance: Any) -> CheckpointMeta:
+def save_checkpoint(
+    model: nn.Module, path: str, *, meta: CheckpointMeta | None = None, **provenance: Any
+) -> CheckpointMeta:
     """Write ``model`` to ``path`` (local or fsspec URL); a local file is complete or absent.
 
     Args:
@@ -131,7 +133,9 @@ def read_checkpoint_meta(path: str, data: bytes | None = None) -> CheckpointMeta
         raise CheckpointError(f"{path} is a safetensors file without deconvseg metadata")
     record = json.loads(meta_json)
     if record.get("format_version", 0) > FORMAT_VERSION:
-        raise CheckpointError(f"{path} has format version {record['format_version']}; this deconvseg reads up to {FORMAT_VERSION}")
+        raise CheckpointError(
+            f"{path} has format version {record['format_version']}; this deconvseg reads up to {FORMAT_VERSION}"
+        )
     known = {f.name for f in dataclasses.fields(CheckpointMeta)}
     meta = CheckpointMeta(**{k: v for k, v in record.items() if k in known})
     meta.checkpoint_id = hashlib.sha256(data).hexdigest()[:16]
@@ -161,5 +165,7 @@ def load_checkpoint(path: str, *, device: str | torch.device = "cpu") -> tuple[n
         raise CheckpointError(f"{path}: corrupt safetensors payload ({exc})") from exc
     missing, unexpected = model.load_state_dict(state, strict=False)
     if missing or unexpected:
-        raise CheckpointError(f"{path} does not match {meta.architecture}: missing {missing[:4]}, unexpected {unexpected[:4]}")
+        raise CheckpointError(
+            f"{path} does not match {meta.architecture}: missing {missing[:4]}, unexpected {unexpected[:4]}"
+        )
     return model.to(device).eval(), meta

@@ -108,7 +108,7 @@ class FCN(nn.Module):
         h = self.upscore_final(h)
         return _crop(h, _FINAL[self.stride][1], size).contiguous()
 
-    def init_from_coarser(self, coarser: "FCN") -> list[str]:
+    def init_from_coarser(self, coarser: FCN) -> list[str]:
         """Start from a trained coarser FCN (32s -> 16s -> 8s), as the paper trains them.
 
         Copies every tensor whose name and shape match (backbone, fc6/fc7, score_fr,
@@ -122,7 +122,9 @@ class FCN(nn.Module):
             raise ValueError("init_from_coarser needs the same width and num_classes")
         own = self.state_dict()
         copied = {
-            k: v for k, v in coarser.state_dict().items() if k in own and own[k].shape == v.shape and "upscore_final" not in k
+            k: v
+            for k, v in coarser.state_dict().items()
+            if k in own and own[k].shape == v.shape and "upscore_final" not in k
         }
         self.load_state_dict(copied, strict=False)
         return sorted(copied)
@@ -161,7 +163,11 @@ _CLASSES = {32: FCN32s, 16: FCN16s, 8: FCN8s}
 
 
 def fcn(
-    *, stride: int = 8, num_classes: int = 21, width: float = 1.0, backbone_weights: str | None = None,
+    *,
+    stride: int = 8,
+    num_classes: int = 21,
+    width: float = 1.0,
+    backbone_weights: str | None = None,
     init_from: FCN | None = None,
 ) -> FCN:
     """Build an FCN-{stride}s.

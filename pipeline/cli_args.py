@@ -81,7 +81,10 @@ def add_crf_args(p: argparse.ArgumentParser) -> None:
         "of the leading class's (0: keep all classes)",
     )
     g.add_argument(
-        "--crf-prune-min-area", type=float, default=d.prune_min_area, help="... on at least this fraction of the image's pixels"
+        "--crf-prune-min-area",
+        type=float,
+        default=d.prune_min_area,
+        help="... on at least this fraction of the image's pixels",
     )
 
 

@@ -359,7 +359,7 @@ def cvat_labelmap(class_names: list[str], colours: list[list[int]]) -> str:
 def labelstudio_config(spec: ExportSpec) -> str:
     """A labelling interface for the tasks: the image and a ``BrushLabels`` label per class, in its colour."""
     labels = "\n".join(
-        f"    <Label value={quoteattr(name)} background={quoteattr('#%02x%02x%02x' % tuple(map(int, colour)))}/>"
+        f"    <Label value={quoteattr(name)} background={quoteattr('#{:02x}{:02x}{:02x}'.format(*map(int, colour)))}/>"
         for name, colour in zip(spec.class_names, spec.colours)
     )
     return (

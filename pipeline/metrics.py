@@ -37,7 +37,7 @@ class ConfusionMatrix:
         self.ignore_index = ignore_index
         self.mat = np.zeros((num_classes, num_classes), dtype=np.int64)
 
-    def update(self, pred, target) -> "ConfusionMatrix":
+    def update(self, pred, target) -> ConfusionMatrix:
         """Add a prediction / ground-truth pair (any matching shapes, numpy or torch)."""
         pred, target = _np(pred).reshape(-1), _np(target).reshape(-1)
         if pred.shape != target.shape:
@@ -52,14 +52,14 @@ class ConfusionMatrix:
         self.mat += np.bincount(n * target + pred, minlength=n * n).reshape(n, n)
         return self
 
-    def merge(self, other: "ConfusionMatrix | np.ndarray") -> "ConfusionMatrix":
+    def merge(self, other: ConfusionMatrix | np.ndarray) -> ConfusionMatrix:
         mat = other.mat if isinstance(other, ConfusionMatrix) else np.asarray(other)
         if mat.shape != self.mat.shape:
             raise ValueError(f"cannot merge a {mat.shape} matrix into {self.mat.shape}")
         self.mat += mat.astype(np.int64)
         return self
 
-    def __add__(self, other: "ConfusionMatrix") -> "ConfusionMatrix":
+    def __add__(self, other: ConfusionMatrix) -> ConfusionMatrix:
         out = ConfusionMatrix(self.num_classes, self.ignore_index)
         return out.merge(self).merge(other)
 

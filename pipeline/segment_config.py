@@ -96,7 +96,8 @@ class SegmentConfig:
             raise ValueError(f"ensemble must be mean, deconvnet or fcn, got {self.inference.ensemble!r}")
         if self.inference.ensemble != "deconvnet" and not self.fcn_checkpoint:
             raise ValueError(
-                f"ensemble {self.inference.ensemble!r} needs --fcn-checkpoint (or use --ensemble none for DeconvNet alone)"
+                f"ensemble {self.inference.ensemble!r} needs --fcn-checkpoint "
+                "(or use --ensemble deconvnet for DeconvNet alone)"
             )
         if self.confidence not in CONFIDENCE_OUTPUTS:
             raise ValueError(f"--confidence must be one of {CONFIDENCE_OUTPUTS}, got {self.confidence!r}")

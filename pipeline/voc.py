@@ -91,7 +91,8 @@ def _colours_to_indices(rgb: np.ndarray, palette: Sequence[Sequence[int]]) -> np
     if unknown.size:
         worst = unknown[np.argsort(-counts[unknown], kind="stable")]
         named = ", ".join(
-            f"({v >> 16}, {(v >> 8) & 255}, {v & 255}) on {counts[k]} pixels" for k, v in zip(worst[:5], colours[worst[:5]])
+            f"({v >> 16}, {(v >> 8) & 255}, {v & 255}) on {counts[k]} pixels"
+            for k, v in zip(worst[:5], colours[worst[:5]])
         )
         more = f" and {unknown.size - 5} more colours on {counts[worst[5:]].sum()} pixels" if unknown.size > 5 else ""
         raise UnknownLabelColour(

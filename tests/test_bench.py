@@ -39,4 +39,6 @@ def test_bench_stages_smoke_with_the_demo_checkpoints():
 def test_bench_train_smoke_compares_both_memory_formats():
     out = _run("bench/bench_train.py", "--widths", "0.0625", "--steps", "1")
     for network in ("DeconvNet 1/16", "FCN-8s 1/16"):
-        assert re.search(rf"\| {re.escape(network)} +\| [^|]+\| 2 +\| [0-9.]+ +\| [0-9.]+ +\| [0-9.]+ +\|", out), network
+        assert re.search(rf"\| {re.escape(network)} +\| [^|]+\| 2 +\| [0-9.]+ +\| [0-9.]+ +\| [0-9.]+ +\|", out), (
+            network
+        )

@@ -205,9 +205,13 @@ def test_hostile_bucket_gives_every_input_exactly_once(baseline, bucket):
     assert (last["inputs"], last["processed"]) == (len(expected), len(expected))
     assert last["missing"] == last["duplicates"] == 0
     n_errors = sum(s != "ok" for s in expected.values())
-    assert (totals["inputs"], totals["done"], totals["missing"], summary["complete"]) == (len(expected),) * 2 + (0, True)
-    assert (totals["ok_rows"], totals["error_rows"]) == (len(expected) - n_errors, n_errors) == (
-        last["written"], last["errors"])
+    counts = (totals["inputs"], totals["done"], totals["missing"], summary["complete"])
+    assert counts == (len(expected),) * 2 + (0, True)
+    assert (
+        (totals["ok_rows"], totals["error_rows"])
+        == (len(expected) - n_errors, n_errors)
+        == (last["written"], last["errors"])
+    )
     assert totals["error_classes"] == last["error_classes"]
     assert_every_input_once(out, expected)
     rows = out["_parquet"]
@@ -339,7 +343,9 @@ def test_killed_fused_actor_and_write_task_change_nothing(baseline, bucket, ckpt
 
 
 @pytest.mark.timeout(400)
-@pytest.mark.parametrize("point", ["model_batch", "read_task"])  # an actor call (max_task_retries), a task (max_retries)
+@pytest.mark.parametrize(
+    "point", ["model_batch", "read_task"]
+)  # an actor call (max_task_retries), a task (max_retries)
 def test_input_that_kills_its_worker_every_time_fails_the_job_not_hangs(ray_session, ckpts, fault_dir, tmp_path, point):
     """The bound on retries reaches both the actors and the tasks: without it (Ray's default, or a Ray
     that drops the options, see pipeline.segment.retry_args) this run would retry forever."""
@@ -470,7 +476,9 @@ def test_storage_that_stays_down_gives_error_rows_and_reads_are_retried(ray_sess
     """Input reads are retried like writes. What still fails after the retries becomes that input's error
     row: an input that cannot be read, a mask that cannot be written. No input is lost."""
     images, out = tmp_path / "images", tmp_path / "out"
-    write_images(images, dict.fromkeys(("flaky-read-a.jpg", "broken-read-b.jpg", "broken-write-c.jpg", "d.jpg"), (40, 48)))
+    write_images(
+        images, dict.fromkeys(("flaky-read-a.jpg", "broken-read-b.jpg", "broken-write-c.jpg", "d.jpg"), (40, 48))
+    )
     summary = run(tiny_config(f"flaky://{images}", f"flaky://{out}", ckpts))
     rows = outputs(out)["_parquet"]
     assert {i: r["status"] for i, r in rows.items()} == {
@@ -618,8 +626,14 @@ def test_every_ray_the_project_starts_turns_off_usage_stats(tmp_path, starter):
     # driver itself connects only to this machine.
     env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "RAY_USAGE_STATS_ENABLED")}
     env["PYTHONPATH"] = os.pathsep.join([str(TESTS), str(REPO)])
-    done = subprocess.run([sys.executable, "-c", RAY_START_PROBE, starter], env=env, capture_output=True,
-                          text=True, timeout=240, cwd=tmp_path)
+    done = subprocess.run(
+        [sys.executable, "-c", RAY_START_PROBE, starter],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=240,
+        cwd=tmp_path,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     report = json.loads(done.stdout.strip().splitlines()[-1])
     assert report["remote"] == []

@@ -89,7 +89,11 @@ def test_every_writer_creates_files_as_open_would(tmp_path, umask):
     modes = _modes(tmp_path)
     kinds = {"a.png", "sub/b.png", "_progress.json", "_summary.json", "report/report.json", "report/report.md",
              "report/per_class_iou.png", "ckpt/model.safetensors"}
-    assert kinds <= set(modes) and any(k.startswith("_parquet/") for k in modes) and any(k.startswith("_errors/") for k in modes)
+    assert (
+        kinds <= set(modes)
+        and any(k.startswith("_parquet/") for k in modes)
+        and any(k.startswith("_errors/") for k in modes)
+    )
     assert not [k for k in modes if os.path.basename(k).startswith(".")]  # no temporary file left
     assert set(modes.values()) == {0o666 & ~umask}, modes
     # Folders are made as os.makedirs makes them.
@@ -107,8 +111,15 @@ def test_folder_totals_count_every_run_and_the_missing_inputs(tmp_path):
     (tmp_path / "_errors" / ".tmp-half").write_bytes(b"")  # a killed write's leftover counts for nothing
     both = ("png", "parquet")
     totals = output_totals(scan_output(out, both), items, both)
-    assert totals == {"inputs": 5, "done": 3, "missing": 2, "ok_rows": 2, "error_rows": 1,
-                      "error_classes": {"EmptyFile": 1}, "masks": 2}
+    assert totals == {
+        "inputs": 5,
+        "done": 3,
+        "missing": 2,
+        "ok_rows": 2,
+        "error_rows": 1,
+        "error_classes": {"EmptyFile": 1},
+        "masks": 2,
+    }
     os.remove(tmp_path / "c.png")  # a mask deleted after its run: that input is missing again
     totals = output_totals(scan_output(out, both), items, both)
     assert (totals["done"], totals["missing"], totals["masks"], totals["ok_rows"]) == (2, 3, 1, 2)
@@ -133,7 +144,10 @@ def test_progress_record_counts_rate_and_eta(tmp_path):
     assert json.loads(url.read_text()) == rec  # the file holds what the log line says
     now[0] += 12
     rep.add(["ok"] * 6)
-    assert ProgressReporter.line(rep.record("finished")) == "progress: 10/10 images (1 errors), 0.50 images/s, ETA 0s [finished]"
+    assert (
+        ProgressReporter.line(rep.record("finished"))
+        == "progress: 10/10 images (1 errors), 0.50 images/s, ETA 0s [finished]"
+    )
     assert [format_duration(s) for s in (None, 12.4, 440, 3900)] == ["unknown", "12s", "7m20s", "1h05m"]
 
 
@@ -173,9 +187,28 @@ def test_segment_job_under_a_umask_writes_readable_outputs_and_reports_progress(
     inp, out = tmp_path / "images", tmp_path / "out"
     write_images(inp, {"one.jpg": (40, 48), "sub/two.png": (36, 40)})
     (inp / "broken.jpg").write_bytes(b"not an image")
-    cmd = [sys.executable, str(REPO / "jobs" / "segment_dataset.py"), "--input", str(inp), "--output", str(out),
-           "--checkpoint", ckpts[0], "--ensemble", "none", "--crf", "off", "--top-k", "1", "--micro-batch", "2",
-           "--progress-interval", "0.5", "--write-batch-size", "1"]
+    cmd = [
+        sys.executable,
+        str(REPO / "jobs" / "segment_dataset.py"),
+        "--input",
+        str(inp),
+        "--output",
+        str(out),
+        "--checkpoint",
+        ckpts[0],
+        "--ensemble",
+        "none",
+        "--crf",
+        "off",
+        "--top-k",
+        "1",
+        "--micro-batch",
+        "2",
+        "--progress-interval",
+        "0.5",
+        "--write-batch-size",
+        "1",
+    ]
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
     done = subprocess.run(cmd, capture_output=True, text=True, umask=mask, env=env, timeout=600, check=False)
     log = done.stdout + done.stderr
@@ -209,7 +242,9 @@ def test_stall_guard_stops_rows_that_stopped_and_spares_rows_that_come():
             got.append(row)
     assert got == [0, 1, 2]  # every row that came was handed over first
     # Rows every 0.05 s for 1 s, then the end: never idle for 0.3 s.
-    assert list(guarded(rows(20, then_wait=0, every=0.05), 0.3 / 60, lambda: "never asked", poll=0.05)) == list(range(20))
+    assert list(guarded(rows(20, then_wait=0, every=0.05), 0.3 / 60, lambda: "never asked", poll=0.05)) == list(
+        range(20)
+    )
 
     def failing():
         yield 1

@@ -30,8 +30,8 @@ def test_paper_settings_find_the_objects():
     assert np.all(np.minimum(tight[:, 2] - tight[:, 0], tight[:, 3] - tight[:, 1]) >= 112 - 1e-3)
 
     def best_iou(target):
-        x0 = np.maximum(tight[:, 0], target[0]); y0 = np.maximum(tight[:, 1], target[1])
-        x1 = np.minimum(tight[:, 2], target[2]); y1 = np.minimum(tight[:, 3], target[3])
+        x0, y0 = np.maximum(tight[:, 0], target[0]), np.maximum(tight[:, 1], target[1])
+        x1, y1 = np.minimum(tight[:, 2], target[2]), np.minimum(tight[:, 3], target[3])
         inter = np.clip(x1 - x0, 0, None) * np.clip(y1 - y0, 0, None)
         area = (tight[:, 2] - tight[:, 0]) * (tight[:, 3] - tight[:, 1])
         return (inter / (area + (target[2] - target[0]) * (target[3] - target[1]) - inter)).max()

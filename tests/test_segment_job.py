@@ -139,12 +139,15 @@ def test_cli_flags_reach_the_config():
     import segment_dataset as job
 
     def cfg(*extra: str):
-        base = ["--input", "in", "--output", "out", "--checkpoint", "d.safetensors", "--fcn-checkpoint", "f.safetensors"]
+        base = ["--input", "in", "--output", "out", "--checkpoint", "d.safetensors"]
+        base += ["--fcn-checkpoint", "f.safetensors"]
         return job.config_from_args(job.get_args_parser().parse_args([*base, *extra]))
 
     default = cfg()
     # The command line's defaults are the dataclasses' own.
-    assert default == SegmentConfig(input="in", output="out", checkpoint="d.safetensors", fcn_checkpoint="f.safetensors")
+    assert default == SegmentConfig(
+        input="in", output="out", checkpoint="d.safetensors", fcn_checkpoint="f.safetensors"
+    )
     assert default.skip_existing and default.formats == ("png", "parquet") and default.inference.ensemble == "mean"
     assert default.stall_minutes == 30 and not default.autoscaling
     assert cfg("--no-skip-existing").skip_existing is False

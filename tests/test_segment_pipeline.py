@@ -165,7 +165,8 @@ def test_rerun_skips_existing_and_restores_only_what_is_missing(first_run):
     # A rerun that resumed everything still describes the whole folder: nothing processed, all done.
     totals = again["totals"]
     assert again["complete"] and (totals["inputs"], totals["done"], totals["missing"]) == (len(expected),) * 2 + (0,)
-    assert (totals["ok_rows"], totals["error_rows"], totals["masks"]) == (len(expected) - n_errors, n_errors, len(expected) - n_errors)
+    n_ok = len(expected) - n_errors
+    assert (totals["ok_rows"], totals["error_rows"], totals["masks"]) == (n_ok, n_errors, n_ok)
     assert json.load(open(os.path.join(cfg.output, "_progress.json")))["state"] == "finished"
     victim = os.path.join(cfg.output, "sub", "c.png")
     before = _png(victim)
@@ -239,7 +240,12 @@ def test_s3_input_and_output_png_only(tmp_path, ckpts, ray_session, s3_server):
     assert (last["processed"], last["written"], last["errors"]) == (3, 2, 1)
     fs.invalidate_cache()
     names = sorted(p.split("bucket-out/run1/", 1)[1] for p in fs.find("bucket-out/run1"))
-    assert [n for n in names if not n.startswith("_errors/")] == ["_progress.json", "_summary.json", "two.png", "x/one.png"]
+    assert [n for n in names if not n.startswith("_errors/")] == [
+        "_progress.json",
+        "_summary.json",
+        "two.png",
+        "x/one.png",
+    ]
     assert not any(n.startswith("_parquet") for n in names)
     ref = reference_results(cfg, items)
     for image_id, size in {"x/one.jpg": (64, 72), "two.png": (70, 60)}.items():
@@ -252,8 +258,13 @@ def test_s3_input_and_output_png_only(tmp_path, ckpts, ray_session, s3_server):
     again = run(cfg)
     assert again["last_run"]["processed"] == 0  # skip-existing works on object stores too
     assert again["complete"] and again["totals"] == {
-        "inputs": 3, "done": 3, "missing": 0, "ok_rows": 0, "error_rows": 1,
-        "error_classes": {ref["broken.jpg"]["status"]: 1}, "masks": 2,
+        "inputs": 3,
+        "done": 3,
+        "missing": 0,
+        "ok_rows": 0,
+        "error_rows": 1,
+        "error_classes": {ref["broken.jpg"]["status"]: 1},
+        "masks": 2,
     }
 
 

@@ -116,7 +116,9 @@ def _pooled_worker(rank: int, init_file: str, out_dir: str) -> None:
     bn = nn.BatchNorm1d(3)
     data = torch.randn(8, 3) * (1 + 2 * rank) + 5 * rank  # each worker sees a different distribution
     population_statistics(bn, iter([data]), 1)
-    save_file({"mean": bn.running_mean, "var": bn.running_var, "data": data}, os.path.join(out_dir, f"{rank}.safetensors"))
+    save_file(
+        {"mean": bn.running_mean, "var": bn.running_var, "data": data}, os.path.join(out_dir, f"{rank}.safetensors")
+    )
     dist.destroy_process_group()
 
 
@@ -185,8 +187,9 @@ def test_a_later_stage_alone_starts_from_the_earlier_stage_in_the_same_output(tm
     from pipeline.train.config import stage
     from pipeline.train.run import stage_init
 
-    cfg = TrainConfig(data=str(tmp_path / "voc"), output=str(tmp_path / "run"), model="deconvnet", stages=("2",),
-                      iterations=(4,))
+    cfg = TrainConfig(
+        data=str(tmp_path / "voc"), output=str(tmp_path / "run"), model="deconvnet", stages=("2",), iterations=(4,)
+    )
     stage2 = stage("deconvnet", "2", 4)
     assert stage_init(cfg, stage2, None) is None  # nothing to start from yet: warned
     assert "normally starts from the previous stage's model" in capsys.readouterr().out

@@ -43,7 +43,9 @@ def overlay_grid(
     for image_id, image, pred, truth in rows:
         h, w = image.shape[:2]
         if pred.shape != (h, w) or (truth is not None and truth.shape != (h, w)):
-            raise ValueError(f"{image_id}: image {h}x{w}, prediction {pred.shape}, truth {getattr(truth, 'shape', None)}")
+            raise ValueError(
+                f"{image_id}: image {h}x{w}, prediction {pred.shape}, truth {getattr(truth, 'shape', None)}"
+            )
         size = (cell_width, max(1, round(h * cell_width / w)))
         parts = [image, blend(image, pred, palette)]
         parts.append(blend(image, truth, palette) if truth is not None else np.full_like(image, 128))

@@ -124,7 +124,7 @@ class TrainConfig:
         """Micro-steps per optimizer step so that batch_size x workers x steps ~ global_batch."""
         return max(1, math.ceil(self.global_batch / (self.batch_size * self.num_workers) - 1e-9))
 
-    def plan(self) -> list["Stage"]:
+    def plan(self) -> list[Stage]:
         return [stage(self.model, s, n) for s, n in zip(self.stages, self.iterations)]
 
 

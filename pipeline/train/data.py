@@ -58,7 +58,9 @@ def proposals_path(cfg: TrainConfig, training: TrainingSet) -> str:
 
 def training_proposal_config(cfg: TrainConfig) -> ProposalConfig:
     """EdgeBoxes settings of the stage-2 training proposals: tight boxes (enlarged later, with the crops)."""
-    return ProposalConfig(top_k=cfg.proposal_top_k, min_side=cfg.proposal_min_side, enlarge=1.0, edge_model=cfg.edge_model)
+    return ProposalConfig(
+        top_k=cfg.proposal_top_k, min_side=cfg.proposal_min_side, enlarge=1.0, edge_model=cfg.edge_model
+    )
 
 
 def cached_proposals(cfg: TrainConfig, training: TrainingSet) -> list[dict]:
@@ -69,20 +71,39 @@ def cached_proposals(cfg: TrainConfig, training: TrainingSet) -> list[dict]:
     if exists(path):
         cached = {r["image_id"]: r for r in pq.read_table(io.BytesIO(read_url(path))).to_pylist()}
         if sources.keys() <= cached.keys():
-            print(f"[train] stage-2 proposals: using the cache {path} ({len(sources)} of its {len(cached)} images)",
-                  flush=True)
+            print(
+                f"[train] stage-2 proposals: using the cache {path} ({len(sources)} of its {len(cached)} images)",
+                flush=True,
+            )
             return [{**cached[i], "source": s} for i, s in sources.items()]
-        print(f"[train] stage-2 proposals: the cache {path} lacks {len(sources.keys() - cached.keys())} training "
-              "images; recomputing it", flush=True)
+        print(
+            f"[train] stage-2 proposals: the cache {path} lacks {len(sources.keys() - cached.keys())} training "
+            "images; recomputing it",
+            flush=True,
+        )
     print(f"[train] stage-2 proposals: computing EdgeBoxes for {len(sources)} images -> {path}", flush=True)
-    ds = _map(_ids_dataset(training.rows, cfg), image_proposals, cfg,
-              root=cfg.data, sbd=cfg.sbd, proposal=dataclasses.asdict(training_proposal_config(cfg)))
+    ds = _map(
+        _ids_dataset(training.rows, cfg),
+        image_proposals,
+        cfg,
+        root=cfg.data,
+        sbd=cfg.sbd,
+        proposal=dataclasses.asdict(training_proposal_config(cfg)),
+    )
     rows = sorted(
-        ({"image_id": str(r["image_id"]), "boxes": np.asarray(r["boxes"], np.float32).tolist(),
-          "scores": np.asarray(r["scores"], np.float32).tolist()} for r in ds.iter_rows()),
+        (
+            {
+                "image_id": str(r["image_id"]),
+                "boxes": np.asarray(r["boxes"], np.float32).tolist(),
+                "scores": np.asarray(r["scores"], np.float32).tolist(),
+            }
+            for r in ds.iter_rows()
+        ),
         key=lambda r: r["image_id"],
     )
-    schema = pa.schema([("image_id", pa.string()), ("boxes", pa.list_(pa.float32())), ("scores", pa.list_(pa.float32()))])
+    schema = pa.schema(
+        [("image_id", pa.string()), ("boxes", pa.list_(pa.float32())), ("scores", pa.list_(pa.float32()))]
+    )
     table = pa.Table.from_pylist(rows, schema=schema)
     sink = io.BytesIO()
     pq.write_table(table, sink)
@@ -92,8 +113,10 @@ def cached_proposals(cfg: TrainConfig, training: TrainingSet) -> list[dict]:
 
 def train_dataset(cfg: TrainConfig, stage: Stage, training: TrainingSet) -> ray.data.Dataset:
     if stage.examples == "proposals":
-        rows = [{"image_id": r["image_id"], "source": r["source"], "boxes": np.asarray(r["boxes"], np.float32)}
-                for r in cached_proposals(cfg, training)]
+        rows = [
+            {"image_id": r["image_id"], "source": r["source"], "boxes": np.asarray(r["boxes"], np.float32)}
+            for r in cached_proposals(cfg, training)
+        ]
     else:
         rows = [dict(r) for r in training.rows]
     rows = rows * max(1, -(-MIN_EPOCH_IMAGES // max(len(rows), 1)))
@@ -102,8 +125,16 @@ def train_dataset(cfg: TrainConfig, stage: Stage, training: TrainingSet) -> ray.
     if stage.examples == "instances":
         ds = _map(ds, instance_examples, cfg, root=cfg.data, sbd=cfg.sbd, resize=cfg.resize)
     elif stage.examples == "proposals":
-        ds = _map(ds, proposal_examples, cfg, root=cfg.data, sbd=cfg.sbd, resize=cfg.resize, min_iou=cfg.stage2_iou,
-                  max_per_image=cfg.stage2_max_per_image)
+        ds = _map(
+            ds,
+            proposal_examples,
+            cfg,
+            root=cfg.data,
+            sbd=cfg.sbd,
+            resize=cfg.resize,
+            min_iou=cfg.stage2_iou,
+            max_per_image=cfg.stage2_max_per_image,
+        )
     else:
         ds = _map(ds, whole_image_examples, cfg, root=cfg.data, sbd=cfg.sbd, size=cfg.fcn_size, train=True)
     crop = cfg.fcn_size if stage.examples == "whole_images" else cfg.crop

@@ -83,7 +83,12 @@ def crop_box(image: np.ndarray, label: np.ndarray, box, size: int) -> tuple[np.n
         image, m, (size, size), flags=cv2.INTER_LINEAR | flags, borderMode=cv2.BORDER_CONSTANT, borderValue=(0, 0, 0)
     )
     lab = cv2.warpAffine(
-        label, m, (size, size), flags=cv2.INTER_NEAREST | flags, borderMode=cv2.BORDER_CONSTANT, borderValue=IGNORE_INDEX
+        label,
+        m,
+        (size, size),
+        flags=cv2.INTER_NEAREST | flags,
+        borderMode=cv2.BORDER_CONSTANT,
+        borderValue=IGNORE_INDEX,
     )
     return img, lab
 
@@ -144,7 +149,12 @@ def _samples(batch: dict[str, np.ndarray], root: str | None, sbd: str | None, ob
 
 
 def instance_examples(
-    batch: dict[str, np.ndarray], *, root: str | None, resize: int, enlarge: float = ENLARGE, sbd: str | None = None,
+    batch: dict[str, np.ndarray],
+    *,
+    root: str | None,
+    resize: int,
+    enlarge: float = ENLARGE,
+    sbd: str | None = None,
 ) -> dict[str, np.ndarray]:
     """Stage 1: one ``resize x resize`` crop per ground-truth instance of each image id."""
     images, labels, ids = [], [], []
@@ -159,8 +169,14 @@ def instance_examples(
 
 
 def proposal_examples(
-    batch: dict[str, np.ndarray], *, root: str | None, resize: int, min_iou: float = 0.5, enlarge: float = ENLARGE,
-    max_per_image: int | None = None, sbd: str | None = None,
+    batch: dict[str, np.ndarray],
+    *,
+    root: str | None,
+    resize: int,
+    min_iou: float = 0.5,
+    enlarge: float = ENLARGE,
+    max_per_image: int | None = None,
+    sbd: str | None = None,
 ) -> dict[str, np.ndarray]:
     """Stage 2: crops of the cached tight proposals (``boxes``, flattened ``x0, y0, x1, y1``) that pass the IoU rule."""
     images, labels, ids = [], [], []
@@ -179,7 +195,12 @@ def proposal_examples(
 
 
 def whole_image_examples(
-    batch: dict[str, np.ndarray], *, root: str | None, size: int, train: bool, sbd: str | None = None,
+    batch: dict[str, np.ndarray],
+    *,
+    root: str | None,
+    size: int,
+    train: bool,
+    sbd: str | None = None,
 ) -> dict[str, np.ndarray]:
     """FCN: each whole image cropped/padded to ``size x size`` (random placement when ``train``)."""
     rng = np.random.default_rng() if train else None
@@ -233,7 +254,11 @@ def check_examples(batch: dict[str, np.ndarray], *, root: str | None, sbd: str |
 
 
 def image_proposals(
-    batch: dict[str, np.ndarray], *, root: str | None, proposal: dict[str, Any], sbd: str | None = None,
+    batch: dict[str, np.ndarray],
+    *,
+    root: str | None,
+    proposal: dict[str, Any],
+    sbd: str | None = None,
 ) -> dict[str, Any]:
     """Tight EdgeBox proposals (best first) of each image id, for the stage-2 cache.
 

@@ -57,7 +57,9 @@ from pipeline.train.state import (
 # --- model initialisation ------------------------------------------------------------------------
 
 
-def initial_model(cfg: TrainConfig, stage: Stage, num_classes: int, init_path: str | None, *, download: bool) -> nn.Module:
+def initial_model(
+    cfg: TrainConfig, stage: Stage, num_classes: int, init_path: str | None, *, download: bool
+) -> nn.Module:
     """The model a stage starts from when there is nothing to resume.
 
     ``init_path`` (previous stage or ``--init-from``): same architecture -> its weights;
@@ -69,8 +71,10 @@ def initial_model(cfg: TrainConfig, stage: Stage, num_classes: int, init_path: s
     if init_path is not None:
         source, meta = load_checkpoint(init_path)
         if (meta.num_classes, meta.width) != (num_classes, cfg.width):
-            raise ValueError(f"{init_path}: {meta.num_classes} classes / width {meta.width}, "
-                             f"this run has {num_classes} / {cfg.width}")
+            raise ValueError(
+                f"{init_path}: {meta.num_classes} classes / width {meta.width}, "
+                f"this run has {num_classes} / {cfg.width}"
+            )
         if meta.architecture == stage.architecture:
             model.load_state_dict(source.state_dict())
         elif isinstance(model, FCN) and isinstance(source, FCN):
@@ -81,7 +85,9 @@ def initial_model(cfg: TrainConfig, stage: Stage, num_classes: int, init_path: s
         if stage.architecture == "deconvnet":
             model = deconvnet(num_classes=num_classes, width=cfg.width, backbone_weights=cfg.backbone_weights)
         else:
-            model = fcn(stride=int(stage.key), num_classes=num_classes, width=cfg.width, backbone_weights=cfg.backbone_weights)
+            model = fcn(
+                stride=int(stage.key), num_classes=num_classes, width=cfg.width, backbone_weights=cfg.backbone_weights
+            )
     return model
 
 
@@ -241,7 +247,9 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     normalise = _Normalise(device, memory_format)
     train_batches = _batches_forever(ray.train.get_dataset_shard("train"), cfg.batch_size)
     val_set = ray.train.get_dataset_shard("val") if config.get("has_val") else None  # whole, not split
-    meta = CheckpointMeta(architecture=stage.architecture, num_classes=num_classes, width=cfg.width, class_names=class_names)
+    meta = CheckpointMeta(
+        architecture=stage.architecture, num_classes=num_classes, width=cfg.width, class_names=class_names
+    )
     accum = cfg.accumulation
     examples_per_step = cfg.batch_size * accum * world
     window = torch.zeros(3, dtype=torch.float64)  # loss sum, correct pixels, labelled pixels
@@ -270,16 +278,25 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         with tempfile.TemporaryDirectory() as d:
             ckpt = None
             if rank == 0:
-                meta.provenance = {"data": cfg.data, "stage": stage.name, "iteration": it, "metrics": metrics,
-                                   "train_split": cfg.train_split, "val_iou": val["iou"] if val else None,
-                                   "sbd": cfg.sbd, "sbd_splits": list(cfg.sbd_splits) if cfg.sbd else None,
-                                   "training_set": config.get("training_set")}
+                meta.provenance = {
+                    "data": cfg.data,
+                    "stage": stage.name,
+                    "iteration": it,
+                    "metrics": metrics,
+                    "train_split": cfg.train_split,
+                    "val_iou": val["iou"] if val else None,
+                    "sbd": cfg.sbd,
+                    "sbd_splits": list(cfg.sbd_splits) if cfg.sbd else None,
+                    "training_set": config.get("training_set"),
+                }
                 save_training_checkpoint(d, module, optimizer, state, meta)
                 ckpt = ray.train.Checkpoint.from_directory(d)
             ray.train.report(metrics, checkpoint=ckpt, checkpoint_dir_name=checkpoint_dir_name(it))
         if rank == 0:
-            _log(f"[{stage.name}] checkpoint at iteration {it}: loss {metrics['loss']:.4f} "
-                 f"pixel acc {metrics['pixel_accuracy']:.3f} val mIoU {metrics['val_mean_iou']:.3f}")
+            _log(
+                f"[{stage.name}] checkpoint at iteration {it}: loss {metrics['loss']:.4f} "
+                f"pixel acc {metrics['pixel_accuracy']:.3f} val mIoU {metrics['val_mean_iou']:.3f}"
+            )
         window = torch.zeros(3, dtype=torch.float64)
         window_steps, window_time = 0, 0.0
         reported_at = it
@@ -310,8 +327,10 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         window_steps += 1
         window_time += dt
         if rank == 0 and (it % cfg.log_every == 0 or it == stage.iterations):
-            _log(f"[{stage.name}] iter {it}/{stage.iterations} loss {float(step[0] / max(step[2], 1)):.4f} "
-                 f"lr {lr:.3g} {examples_per_step / dt:.1f} examples/s")
+            _log(
+                f"[{stage.name}] iter {it}/{stage.iterations} loss {float(step[0] / max(step[2], 1)):.4f} "
+                f"lr {lr:.3g} {examples_per_step / dt:.1f} examples/s"
+            )
         _maybe_crash(cfg, stage, it, rank)
         if it % cfg.checkpoint_every == 0 or it == stage.iterations:
             report()
