@@ -23,9 +23,7 @@ import hashlib
 import posixpath
 from dataclasses import dataclass, field
 
-import fsspec
-
-from models.storage import exists, join, read_url
+from models.storage import exists, join, read_url, url_to_fs
 from pipeline.voc import read_class_names, read_split
 
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
@@ -49,11 +47,11 @@ class LabelledSet:
         """
         h = hashlib.sha256()
         h.update(f"{self.split}\n{','.join(self.class_names)}\n".encode())
-        fs, _ = fsspec.core.url_to_fs(self.root)
+        fs, _ = url_to_fs(self.root)
         for row in sorted(self.rows, key=lambda r: r["image_id"]):
             size = self.label_sizes.get(row["label_path"])
             if size is None:
-                size = fs.size(fsspec.core.url_to_fs(row["label_path"])[1])
+                size = fs.size(url_to_fs(row["label_path"])[1])
             h.update(f"{row['image_id']}\t{size}\n".encode())
         return h.hexdigest()[:16]
 
@@ -108,14 +106,14 @@ def open_labelled_set(root: str, split: str = "val", *, skip_missing_labels: boo
 
 def _file_sizes(folder: str) -> dict[str, int]:
     """Size of every file under ``folder`` (one listing), keyed as ``join(folder, relative path)``."""
-    fs, base = fsspec.core.url_to_fs(folder)
+    fs, base = url_to_fs(folder)
     base = base.rstrip("/")
     found = fs.find(base, detail=True) if fs.exists(base) else {}
     return {join(folder, posixpath.relpath(p, base)): int(info.get("size") or 0) for p, info in found.items()}
 
 
 def _folder_rows(root: str, split: str) -> list[dict]:
-    fs, images = fsspec.core.url_to_fs(join(root, "images"))
+    fs, images = url_to_fs(join(root, "images"))
     found = {}
     for p in fs.find(images):
         rel = posixpath.relpath(p, images)

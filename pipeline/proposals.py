@@ -82,10 +82,9 @@ def gradient_edges(image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 def _local_model_file(url: str) -> str:
     if os.path.isfile(url):
         return url
-    import fsspec
+    from models.storage import read_url
 
-    with fsspec.open(url, "rb") as f:  # only the scheme the user gave is read
-        data = f.read()
+    data = read_url(url)  # only the scheme the user gave is read
     fd, path = tempfile.mkstemp(suffix=".yml.gz")
     with os.fdopen(fd, "wb") as out:
         out.write(data)

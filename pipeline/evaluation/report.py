@@ -12,9 +12,7 @@ import json
 import math
 from typing import Any
 
-import fsspec
-
-from models.storage import atomic_write
+from models.storage import atomic_write, read_url
 
 REPORT_VERSION = 1
 # Paper Table 1 column labels for the VOC classes; other names are printed as they are.
@@ -78,14 +76,18 @@ def render_markdown(report: dict) -> str:
         "|---|---:|---:|---:|---:|",
     ]
     for variant, e in report["variants"].items():
-        out.append(
-            f"| {variant} | {_pct(e['pixel_accuracy'])} | {_pct(e['mean_accuracy'])} | {_pct(e['mean_iou'])} | {_pct(e['fw_iou'])} |"
-        )
+        cells = [_pct(e[k]) for k in ("pixel_accuracy", "mean_accuracy", "mean_iou", "fw_iou")]
+        out.append(f"| {variant} | " + " | ".join(cells) + " |")
     sweep = report.get("proposal_sweep")
     if sweep:
         ks = sorted({int(k) for v in sweep.values() for k in v})
-        out += ["", "Mean IoU (%) against the number of proposals per image:", "",
-                "| method | " + " | ".join(str(k) for k in ks) + " |", "|---|" + "---:|" * len(ks)]
+        out += [
+            "",
+            "Mean IoU (%) against the number of proposals per image:",
+            "",
+            "| method | " + " | ".join(str(k) for k in ks) + " |",
+            "|---|" + "---:|" * len(ks),
+        ]
         for variant, by_k in sweep.items():
             out.append(f"| {variant} | " + " | ".join(_pct(by_k.get(str(k))) for k in ks) + " |")
     out += failures_section(report)
@@ -93,7 +95,10 @@ def render_markdown(report: dict) -> str:
         out += ["", *diagnostics_markdown(report["diagnostics"])]
     ckpts = report.get("checkpoints", {})
     if ckpts:
-        out += ["", "Checkpoints: " + ", ".join(f"{k} `{v.get('checkpoint_id')}` ({v.get('path')})" for k, v in ckpts.items())]
+        out += [
+            "",
+            "Checkpoints: " + ", ".join(f"{k} `{v.get('checkpoint_id')}` ({v.get('path')})" for k, v in ckpts.items()),
+        ]
     timings = report.get("timings", {})
     if timings.get("evaluate_s") is not None:
         out += ["", f"Evaluated in {timings['evaluate_s']:.1f} s ({timings.get('images_per_s') or 0:.2f} images/s)."]
@@ -138,8 +143,13 @@ def failures_section(report: dict) -> list[str]:
     failures, ds = report.get("failures") or {}, report["dataset"]
     if failures.get("count"):
         head = f"**{failures['count']} of {ds['images']} images could not be scored** ({failures['verdict']})"
-        out += ["", f"{head}; they are left out of every number above. By error:", "",
-                "| error | images | first example |", "|---|---:|---|"]
+        out += [
+            "",
+            f"{head}; they are left out of every number above. By error:",
+            "",
+            "| error | images | first example |",
+            "|---|---:|---|",
+        ]
         for status, entry in failures["by_class"].items():
             example = entry["example"].replace("|", "\\|").replace("\n", " ")
             out.append(f"| {status} | {entry['images']} | {example[:300]} |")
@@ -150,7 +160,10 @@ def failures_section(report: dict) -> list[str]:
         listed = ", ".join(f"`{i}`" for i in shown)
         if more > 0:
             listed += f" and {more} more (report.json: `missing_label_images`)"
-        out += ["", f"**{ds['missing_labels']} images have no label** and were skipped (--skip-missing-labels): {listed}"]
+        out += [
+            "",
+            f"**{ds['missing_labels']} images have no label** and were skipped (--skip-missing-labels): {listed}",
+        ]
     return out
 
 
@@ -227,8 +240,7 @@ def write_report(report: dict, out_dir: str) -> dict[str, str]:
 
 
 def read_report(path: str) -> dict:
-    with fsspec.open(path, "rb") as f:
-        report = json.loads(f.read())
+    report = json.loads(read_url(path))
     if "variants" not in report or "dataset" not in report:
         raise ValueError(f"{path} is not a deconvseg evaluation report")
     return report

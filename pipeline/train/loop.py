@@ -29,7 +29,6 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
-import fsspec
 import ray.train
 import ray.train.torch
 import torch
@@ -40,7 +39,7 @@ from torch import nn
 from models import IGNORE_INDEX, IMAGENET_MEAN, IMAGENET_STD, CheckpointMeta, build_model, load_checkpoint
 from models.deconvnet import deconvnet
 from models.fcn import FCN, fcn
-from models.storage import exists, join
+from models.storage import atomic_write, exists, join
 from pipeline.faults import KILL_EXIT_CODE
 from pipeline.metrics import ConfusionMatrix
 from pipeline.train.bn import population_statistics
@@ -193,8 +192,7 @@ def _maybe_crash(cfg: TrainConfig, stage: Stage, iteration: int, rank: int) -> N
     marker = join(cfg.output, stage.name, f"crashed_at_{iteration}")
     if exists(marker):
         return
-    with fsspec.open(marker, "w") as f:
-        f.write("injected failure\n")
+    atomic_write(marker, b"injected failure\n")
     if cfg.crash_exit:  # the process dies as on a lost node or an OOM kill: no exception reaches Ray Train
         os._exit(KILL_EXIT_CODE)
     raise RuntimeError(f"injected failure at iteration {iteration} (crash_at)")

@@ -17,14 +17,13 @@ import json
 import os
 from typing import Any
 
-import fsspec
 import torch
 from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 from torch import nn
 
 from models import CheckpointMeta, save_checkpoint
-from models.storage import exists, join, read_url
+from models.storage import exists, join, read_url, url_to_fs
 
 MODEL_FILE = "model.safetensors"
 OPTIMIZER_FILE = "optimizer.safetensors"
@@ -89,7 +88,7 @@ def latest_checkpoint(run_dir: str) -> str | None:
     """
     if not exists(run_dir):
         return None
-    fs, base = fsspec.core.url_to_fs(run_dir)
+    fs, base = url_to_fs(run_dir)
     best: tuple[int, str] | None = None
     for entry in fs.ls(base, detail=False):
         name = entry.rstrip("/").rsplit("/", 1)[-1]
