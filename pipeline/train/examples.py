@@ -157,15 +157,11 @@ def instance_examples(
     sbd: str | None = None,
 ) -> dict[str, np.ndarray]:
     """Stage 1: one ``resize x resize`` crop per ground-truth instance of each image id."""
-    images, labels, ids = [], [], []
+    crops = []
     for _, s in _samples(batch, root, sbd):
         boxes, _ = instances(s.label, s.objects)
-        for box in enlarge_boxes(boxes, enlarge):
-            img, lab = crop_box(s.image, s.label, box, resize)
-            images.append(img)
-            labels.append(lab)
-            ids.append(s.image_id)
-    return _batch(images, labels, ids, resize)
+        crops += _box_crops(s, enlarge_boxes(boxes, enlarge), resize)
+    return _crop_batch(crops, resize)
 
 
 def proposal_examples(
@@ -179,18 +175,23 @@ def proposal_examples(
     sbd: str | None = None,
 ) -> dict[str, np.ndarray]:
     """Stage 2: crops of the cached tight proposals (``boxes``, flattened ``x0, y0, x1, y1``) that pass the IoU rule."""
-    images, labels, ids = [], [], []
+    crops = []
     for i, s in _samples(batch, root, sbd):
         proposals = np.asarray(batch["boxes"][i], np.float32).reshape(-1, 4)
         gt, _ = instances(s.label, s.objects)
         kept = proposals[select_proposals(proposals, gt, min_iou)]
         if max_per_image is not None:
             kept = kept[:max_per_image]  # proposals are cached best-first
-        for box in enlarge_boxes(kept, enlarge):
-            img, lab = crop_box(s.image, s.label, box, resize)
-            images.append(img)
-            labels.append(lab)
-            ids.append(s.image_id)
+        crops += _box_crops(s, enlarge_boxes(kept, enlarge), resize)
+    return _crop_batch(crops, resize)
+
+
+def _box_crops(s: VOCSample, boxes: np.ndarray, resize: int) -> list[tuple[np.ndarray, np.ndarray, str]]:
+    return [(*crop_box(s.image, s.label, box, resize), s.image_id) for box in boxes]
+
+
+def _crop_batch(crops: list[tuple[np.ndarray, np.ndarray, str]], resize: int) -> dict[str, np.ndarray]:
+    images, labels, ids = ([c[k] for c in crops] for k in range(3))
     return _batch(images, labels, ids, resize)
 
 
