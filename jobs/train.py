@@ -117,7 +117,7 @@ def get_args_parser() -> argparse.ArgumentParser:
         "--no-channels-last",
         dest="channels_last",
         action="store_false",
-        help="NCHW tensors in training (default NHWC: about 3x faster on CPU for narrow networks)",
+        help="NCHW tensors in training (default NHWC: faster on CPU for narrow networks, BENCHMARKS.md section 6)",
     )
     add_ray_address_arg(p)
     return p

@@ -2,7 +2,7 @@
 
 In eval mode a BatchNorm2d is a fixed per-channel affine map, so ``conv -> BN`` equals
 one convolution with scaled weights and a shifted bias. DeconvNet has a BN after each
-of its 29 (de)convolutions; folding them makes the model stage 1.11-1.16x faster on CPU
+of its 29 (de)convolutions; folding them makes the model stage faster on CPU
 (demo models: BENCHMARKS.md section 3) and saves as many kernel launches on GPU.
 The outputs equal the unfolded model's up to float rounding.
 """

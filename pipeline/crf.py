@@ -29,7 +29,7 @@ change per dropped class; renormalising shifts every kept class's unary at a pix
 by the same constant, which leaves their order unchanged. It is an approximation
 (the removed mass no longer enters the messages): ``bench/bench_stages.py``
 measures the speed-up and the share of identical pixels against the unpruned CRF
-(BENCHMARKS.md), the tests check equality on clear cases, and ``prune_ratio = 0``
+(BENCHMARKS.md section 2), the tests check equality on clear cases, and ``prune_ratio = 0``
 disables pruning. With a single kept class the CRF is skipped (its answer is that
 class).
 """

@@ -3,8 +3,8 @@
 Without GPUs the split layout (one actor pool per stage) runs 4 single-threaded actors
 on 2 cores and hands each image's 2.8-7.9 MB of probabilities from the model actor to
 a CRF actor through the object store. One actor per CPU that runs every step of an
-image itself keeps each core on one process and the probabilities in that process;
-measured 1.08-1.22x the split layout's throughput on 2 CPUs (BENCHMARKS.md section 4).
+image itself keeps each core on one process and the probabilities in that process,
+and is faster than the split layout on CPUs (BENCHMARKS.md section 4a).
 The steps are exactly the reference chain's (``pipeline.reference.stage_steps``), so
 the masks are the same; with GPUs the model stays in its own GPU actors (split layout).
 """

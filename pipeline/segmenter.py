@@ -84,7 +84,7 @@ class Segmenter:
         fcn_checkpoint: FCN checkpoint, or None for ensemble "deconvnet".
         cfg: ensemble mode, micro-batch size, precision, device.
         fold_bn: fold DeconvNet's BatchNorms into its (de)convolutions (``models.fold``):
-            same outputs up to float rounding, a 1.11-1.16x faster model stage on CPU; False only to compare.
+            same outputs up to float rounding, a faster model stage (BENCHMARKS.md section 3); False only to compare.
     """
 
     def __init__(

@@ -1,6 +1,6 @@
 """Reliability and security of the segmentation job: hostile inputs, killed processes, failing storage, resume.
 
-Each guarantee of README "Failure behaviour" has a test here that could fail:
+Each guarantee of docs/failures.md has a test here that could fail:
 
 - hostile inputs (14 files: ``write_hostile_inputs`` and the failing ``write_odd_inputs``)
   each become one result or one clear error row in a real Ray run; 9 hostile ``image_id``s

@@ -73,8 +73,8 @@ class TrainConfig:
     data_cpus: float = 1.0  # CPUs per Ray Data example-construction task
     max_failures: int = 3  # worker failures Ray Train recovers from (from the latest checkpoint)
     log_every: int = 1  # iteration log line every N iterations (rank 0)
-    # NHWC activations and weights: about 3x the CPU training speed of the narrow demo networks
-    # (BENCHMARKS.md, "Training speed"), the layout tensor cores want on GPU; same maths.
+    # NHWC activations and weights: faster CPU training of the narrow demo networks (BENCHMARKS.md
+    # section 6), the layout tensor cores want on GPU; same maths.
     channels_last: bool = True
     crash_at: int | None = None  # testing only: fail once at this iteration, to exercise resume
     crash_exit: bool = False  # testing only: at crash_at, kill the worker process (os._exit) instead of raising
