@@ -18,6 +18,10 @@ root, output location, edge model) before Ray starts any work; ``run`` executes 
 chain and writes the summary. Rows carry ``image_id`` all the way, because Ray Data
 does not preserve order, and failures travel as error rows, so every input that
 was not skipped comes back exactly once from the writer.
+
+The evaluation job (``pipeline.evaluation.job``) runs the same start of the chain
+(``read_chain``: listing, read, re-cut of the blocks), sized by ``stage_resources``,
+with the same retry bounds (``retry_args``) and run limits (``limit_run``).
 """
 
 from __future__ import annotations
