@@ -33,7 +33,7 @@ from pipeline.cli_args import (  # noqa: E402
     inference_config,
     proposal_config,
 )
-from pipeline.evaluation.job import VARIANTS, EvalConfig  # noqa: E402
+from pipeline.evaluation.config import VARIANTS, EvalConfig  # noqa: E402
 from pipeline.evaluation.regression import (  # noqa: E402
     CLASS_DROP,
     EXIT_MISMATCH,

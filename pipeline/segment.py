@@ -18,10 +18,15 @@ root, output location, edge model) before Ray starts any work; ``run`` executes 
 chain and writes the summary. Rows carry ``image_id`` all the way, because Ray Data
 does not preserve order, and failures travel as error rows, so every input that
 was not skipped comes back exactly once from the writer.
+
+The evaluation job (``pipeline.evaluation.job``) runs the same start of the chain
+(``read_chain``: listing, read, re-cut of the blocks), sized by ``stage_resources``,
+with the same retry bounds (``retry_args``) and run limits (``limit_run``).
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import inspect
 import json
@@ -283,14 +288,27 @@ def check_cluster(res: StageResources, cpus: float, gpus: int) -> None:
 def build_dataset(cfg: SegmentConfig, plan: Plan, res: StageResources):
     """The lazy Ray Data chain over ``plan.todo``; iterating it runs the job."""
     task_retry, actor_retry = retry_args(cfg.task_retries)
-    with warnings.catch_warnings():  # see retry_args
-        warnings.filterwarnings("ignore", message=".*ray_remote_args.*deprecated")
+    with retry_warnings_off():
         ds = _chain(cfg, plan, res, task_retry, actor_retry)
-    # The dataset's own copy of the DataContext: the limits apply to this run only.
+    return limit_run(ds, res.object_store_bytes)
+
+
+def limit_run(ds, object_store_bytes: int):
+    """Bound ``ds``'s run: Ray Data's object-store limit (``StageResources.object_store_bytes``, see
+    stage_resources), and no stop of Ray Data's own when nothing progresses (the job's guard decides,
+    ``pipeline.stall_guard``). Set on the dataset's own copy of the DataContext: they apply to this run only."""
     options = ds.context.execution_options
-    options.resource_limits = options.resource_limits.copy(object_store_memory=res.object_store_bytes)
-    ds.context.execution_no_progress_timeout_s = -1  # the job's own guard decides (pipeline.stall_guard)
+    options.resource_limits = options.resource_limits.copy(object_store_memory=object_store_bytes)
+    ds.context.execution_no_progress_timeout_s = -1
     return ds
+
+
+@contextlib.contextmanager
+def retry_warnings_off():
+    """Build a chain with ``retry_args``' options without Ray 2.60's deprecation warning for them (see retry_args)."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*ray_remote_args.*deprecated")
+        yield
 
 
 def retry_args(retries: int) -> tuple[dict, dict]:
@@ -317,24 +335,11 @@ def retry_args(retries: int) -> tuple[dict, dict]:
 
 
 def _chain(cfg: SegmentConfig, plan: Plan, res: StageResources, task_retry: dict, actor_retry: dict):
-    import ray
-
-    from pipeline.decode import read_files
     from pipeline.writers import write_outputs
 
-    n = len(plan.todo)
     share = res.cpu_share
     fused = res.layout == "fused"
-    ds = (
-        ray.data.from_items(plan.todo, override_num_blocks=max(1, min(n, max(8, math.ceil(n / LISTING_ROWS)))))
-        .map_batches(read_files, batch_size=8, batch_format="numpy", num_cpus=share, **task_retry)
-        # Re-cut the listing's blocks into blocks of exactly BLOCK_ROWS images (FUSED_BLOCK_ROWS for the fused
-        # actors) right after the read (the file bytes are the smallest payload): every later task then holds
-        # a few images, whatever the size of the run, so the data in flight between stages (2.8-7.9 MB per
-        # image after the model with 6-21 classes) does not grow with the listing.
-        .repartition(target_num_rows_per_block=FUSED_BLOCK_ROWS if fused else BLOCK_ROWS, strict=True)
-    )
-    _same_task_args_as_the_read(ds, num_cpus=share, **task_retry)
+    ds = read_chain(plan.todo, share=share, task_retry=task_retry, block_rows=FUSED_BLOCK_ROWS if fused else BLOCK_ROWS)
     if fused:
         from pipeline.fused_stage import FusedStage
 
@@ -366,6 +371,29 @@ def _chain(cfg: SegmentConfig, plan: Plan, res: StageResources, task_retry: dict
         num_cpus=share,
         **task_retry,
     )
+
+
+def read_chain(items: list[dict], *, share: float, task_retry: dict, block_rows: int = BLOCK_ROWS):
+    """The chain's start, shared with the evaluation job: the listing's ``items`` (rows with a ``path``) in
+    blocks of at most LISTING_ROWS, ``read_files`` tasks, then the blocks re-cut to exactly ``block_rows`` rows.
+
+    The re-cut comes right after the read (the file bytes are the smallest payload): every later task then
+    holds a few images, whatever the size of the run, so the data in flight between stages (2.8-7.9 MB per
+    image after the model with 6-21 classes) does not grow with the listing. Read and re-cut run as one
+    task of ``share`` CPUs with the ``task_retry`` options (``retry_args``).
+    """
+    import ray
+
+    from pipeline.decode import read_files
+
+    n = len(items)
+    ds = (
+        ray.data.from_items(items, override_num_blocks=max(1, min(n, max(8, math.ceil(n / LISTING_ROWS)))))
+        .map_batches(read_files, batch_size=8, batch_format="numpy", num_cpus=share, **task_retry)
+        .repartition(target_num_rows_per_block=block_rows, strict=True)
+    )
+    _same_task_args_as_the_read(ds, num_cpus=share, **task_retry)
+    return ds
 
 
 def fixed_pool(size: int):

@@ -15,8 +15,8 @@ from PIL import Image
 
 from models import FCN, DeconvNet, save_checkpoint, voc_palette
 from pipeline.crf import dense_crf
-from pipeline.evaluation.job import VARIANTS as VARIANTS_ALL
-from pipeline.evaluation.job import EvalConfig
+from pipeline.evaluation.config import VARIANTS as VARIANTS_ALL
+from pipeline.evaluation.config import EvalConfig
 from pipeline.evaluation.regression import CLASS_DROP, EXIT_FAILED, EXIT_MISMATCH, EXIT_OK, EXIT_REGRESSION, MIOU_DROP
 from pipeline.labelled import open_labelled_set
 from pipeline.metrics import ConfusionMatrix
@@ -292,3 +292,42 @@ def test_cli_defaults_are_the_configs_own():
     args = evaluate_job.get_args_parser().parse_args(["--data", "d", "--output", "o", "--checkpoint", "c"])
     assert evaluate_job.config_from_args(args) == EvalConfig(data="d", checkpoint="c")
     assert (args.miou_drop, args.class_drop) == (100 * MIOU_DROP, 100 * CLASS_DROP)
+
+
+def test_chain_reads_like_the_segment_job_with_bounded_retries_and_its_own_store_limit(synth_voc):
+    """The evaluation's chain starts with the segment job's read (listing, read, re-cut to BLOCK_ROWS in one
+    task), bounds the retries of every task and actor stage, and sets the split layout's object-store limit
+    on this dataset only (no execution needed: the plan says it)."""
+    from pipeline.evaluation.job import build_dataset
+    from pipeline.segment import BLOCK_ROWS, stage_resources
+    from pipeline.segment_config import SegmentConfig
+
+    sizing = SegmentConfig(input="", output="", checkpoint="", layout="split")
+    res = stage_resources(sizing, ray.cluster_resources(), NUM_CLASSES)
+    rows = open_labelled_set(synth_voc, "val").rows
+    items = [{**r, "status": "ok", "error": ""} for r in rows]
+    cfg = EvalConfig(data=synth_voc, checkpoint="d.safetensors", fcn_checkpoint="f.safetensors")
+    ds = build_dataset(
+        cfg, res, items, retries=sizing.task_retries, num_classes=NUM_CLASSES, variants=cfg.all_variants(oracle=True),
+        palette=None, instances=True,
+    )
+    ops, op = [], ds._logical_plan.dag
+    while op.input_dependencies:
+        ops.append(op)
+        op = op.input_dependencies[0]
+    args = {o.name: o.ray_remote_args for o in reversed(ops)}
+    assert list(args) == [
+        "MapBatches(read_files)", f"StreamingRepartition[num_rows_per_block={BLOCK_ROWS},strict=True]",
+        "MapBatches(decode_images)", "MapBatches(ProposalStage)", "MapBatches(ground_truth_instances)",
+        "MapBatches(VariantProbs)", "MapBatches(ScoreVariants)",
+    ]
+    actors = {"MapBatches(ProposalStage)", "MapBatches(VariantProbs)", "MapBatches(ScoreVariants)"}
+    for name, remote in args.items():
+        assert remote["num_cpus"] == res.cpu_share, name
+        if name in actors:
+            assert (remote["max_task_retries"], remote["max_restarts"]) == (sizing.task_retries, -1), name
+        else:
+            assert remote["max_retries"] == sizing.task_retries, name
+    assert ds.context.execution_options.resource_limits.object_store_memory == res.object_store_bytes
+    assert ray.data.DataContext.get_current().execution_options.resource_limits.object_store_memory == float("inf")
+    assert ds.context.execution_no_progress_timeout_s == -1

@@ -577,6 +577,19 @@ def test_cpu_stages_do_not_load_torch():
     assert done.stdout.strip() == "[]"
 
 
+def test_evaluation_scoring_stages_do_not_load_torch():
+    """The evaluation's scoring actors (and its settings) load no torch: only its model stage does, when it starts.
+    ``pipeline.voc`` is what a scoring actor imports on its first batch (label decoding)."""
+    code = (
+        "import sys; import pipeline.evaluation.stages, pipeline.evaluation.config, pipeline.voc; "
+        "print(sorted(m for m in ('torch', 'torchvision') if m in sys.modules))"
+    )
+    root = Path(__file__).resolve().parent.parent
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=root)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip() == "[]"
+
+
 def _changed(value):
     """Another valid-looking value of a setting's type (a different one, whatever the value)."""
     if isinstance(value, bool):
