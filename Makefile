@@ -36,8 +36,9 @@ $(STAMP): pyproject.toml $(LOCK) | $(PY)
 	$(PY) -m pip install -c $(LOCK) -e ".[dev]"
 	touch $(STAMP)
 else
+# uv reads no pip.conf: where only pip's configuration reaches the package index, it falls back to pip.
 $(STAMP): pyproject.toml $(LOCK) | $(UV)
-	$(UV) pip install --python $(PY) -c $(LOCK) -e ".[dev]"
+	$(UV) pip install --python $(PY) -c $(LOCK) -e ".[dev]" || $(PY) -m pip install -c $(LOCK) -e ".[dev]"
 	touch $(STAMP)
 endif
 
@@ -51,7 +52,9 @@ lock: | $(UV)
 	$(UV) pip compile pyproject.toml --extra dev --python-version 3.11 $(if $(UPGRADE),--upgrade) \
 		--custom-compile-command "make lock" -o $(LOCK)
 
+# ruff (rules in pyproject.toml) first: a style error fails in seconds, before the suite's minutes.
 test: $(STAMP)
+	$(PY) -m ruff check .
 	$(PY) -m pytest
 
 # Sample bucket -> local Ray head -> ray job submit segment + evaluate -> overlay.png (see jobs/demo.py).

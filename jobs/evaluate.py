@@ -49,7 +49,11 @@ def get_args_parser() -> argparse.ArgumentParser:
     d = EvalConfig(data="")  # every default comes from the config (or the verdict's thresholds)
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--data", required=True, help="VOC root (or URL), or a folder with images/ + masks/")
-    p.add_argument("--split", default=d.split, help="image set: VOC ImageSets/Segmentation/<split>.txt, or <split>.txt beside images/")
+    p.add_argument(
+        "--split",
+        default=d.split,
+        help="image set: VOC ImageSets/Segmentation/<split>.txt, or <split>.txt beside images/",
+    )
     p.add_argument("--checkpoint", default=None, help="DeconvNet checkpoint (.safetensors, path or URL)")
     p.add_argument("--fcn-checkpoint", default=None, help="FCN-8s checkpoint (.safetensors, path or URL)")
     p.add_argument("--output", required=True, help="report folder (path or URL)")
@@ -60,19 +64,30 @@ def get_args_parser() -> argparse.ArgumentParser:
         "--miou-drop", type=float, default=100 * MIOU_DROP, help="mean IoU drop (points) that counts as a regression"
     )
     p.add_argument(
-        "--class-drop", type=float, default=100 * CLASS_DROP, help="per-class IoU drop (points) that counts as a regression"
+        "--class-drop",
+        type=float,
+        default=100 * CLASS_DROP,
+        help="per-class IoU drop (points) that counts as a regression",
     )
     p.add_argument("--force-compare", action="store_true", help="compare with a baseline of other data anyway")
     p.add_argument("--max-images", type=int, default=None, help="evaluate only the first N images of the split")
-    p.add_argument("--no-diagnostics", dest="diagnostics", action="store_false",
-                   help="skip proposal recall, oracle variants and IoU by object size (labels with instances)")
     p.add_argument(
-        "--max-failed", type=_max_failed, default=0,
+        "--no-diagnostics",
+        dest="diagnostics",
+        action="store_false",
+        help="skip proposal recall, oracle variants and IoU by object size (labels with instances)",
+    )
+    p.add_argument(
+        "--max-failed",
+        type=_max_failed,
+        default=0,
         help="images that may fail to score (unreadable, unknown label colour...) before the exit code is 5: "
         "a count (3) or a fraction (0.05 or 5%%); default 0. A run where none scores always exits 5",
     )
     p.add_argument(
-        "--skip-missing-labels", action="store_true", default=d.skip_missing_labels,
+        "--skip-missing-labels",
+        action="store_true",
+        default=d.skip_missing_labels,
         help="evaluate the images that have a label and list the others in the report "
         "(default: stop before any work, exit 2, naming every image without one)",
     )
@@ -120,8 +135,13 @@ def main(args: argparse.Namespace) -> int:
     try:
         cfg = config_from_args(args)
         result = run_evaluation(
-            cfg, output=args.output, baseline=args.baseline, miou_drop=args.miou_drop / 100,
-            class_drop=args.class_drop / 100, force=args.force_compare, max_failed=args.max_failed,
+            cfg,
+            output=args.output,
+            baseline=args.baseline,
+            miou_drop=args.miou_drop / 100,
+            class_drop=args.class_drop / 100,
+            force=args.force_compare,
+            max_failed=args.max_failed,
         )
     except ReportMismatch as exc:
         print(f"evaluate: refused: {exc}", file=sys.stderr)

@@ -58,8 +58,8 @@ from pipeline.stall_guard import JobStalled, Stalled, guarded, stall_message
 LISTING_ROWS = 64
 BLOCK_ROWS = 4
 # The fused layout's blocks: one image each, so that at the end of a run no actor still has a queue
-# of several images while another is idle (with 4-image blocks, 2 in flight per actor, one 60-image run
-# left 6% of the CPU time unused: BENCHMARKS.md section 4b). Nothing is batched across images on CPUs.
+# of several images while another is idle (4-image blocks left CPU time unused at the end of a run:
+# bench/HISTORY.md section 4b). Nothing is batched across images on CPUs.
 FUSED_BLOCK_ROWS = 1
 # Default object-store limit of a run (see stage_resources): per actor of the three pools, room for
 # STORE_BLOCKS_PER_ACTOR blocks of VOC-size images with their probabilities (the largest hop: the model's
@@ -150,8 +150,8 @@ class StageResources:
 
 def fused_actor_bytes(model_bytes: int) -> int:
     """An estimate of the memory one fused actor needs: torch, the CRF and a VOC-size image's working set
-    (FUSED_BASE_BYTES; with the ~10 MB demo checkpoints the actor's RSS peaked at 1200-1257 MiB, BENCHMARKS.md
-    section 4b), plus the weights twice (the file read and the model built from it)."""
+    (FUSED_BASE_BYTES, above the peak RSS of a fused actor with the ~10 MB demo checkpoints: BENCHMARKS.md
+    section 4a), plus the weights twice (the file read and the model built from it)."""
     return FUSED_BASE_BYTES + 2 * model_bytes
 
 
@@ -188,12 +188,12 @@ def stage_resources(
     images (``pipeline.fused_stage``): one actor per CPU (``model_bytes``, the
     checkpoints' size, caps it by the cluster's memory; a run of few ``images`` gets
     no more actors than blocks), each reserving at most 0.65 CPU. On 2 CPUs that
-    measured 1.08-1.22x the split layout's throughput.
+    is faster than the split layout (BENCHMARKS.md section 4a).
 
     Split layout: with GPUs, one model actor per GPU and the rest of the actor budget goes
     to the proposal and CRF pools (1:2, the CRF costs more). Without GPUs every pool takes its
     share of the budget (at least one actor), after the measured cost per image on one
-    core (BENCHMARKS.md: EdgeBoxes 0.5 s, model stage 0.66 s, class-pruned CRF 1.2 s):
+    core of EdgeBoxes, the model stage and the class-pruned CRF (BENCHMARKS.md section 4a):
     proposals 20%, model 30%, CRF 50%. On 2 CPUs without a GPU that is 1 / 1 / 2 actors
     of 0.25 CPU, with one GPU 1 / 1 / 3.
 
@@ -203,8 +203,8 @@ def stage_resources(
     The default leaves each actor room for STORE_BLOCKS_PER_ACTOR blocks of VOC-size
     images with what crosses the store after its stage (split: the model's
     ``num_classes`` float16 probabilities; fused: only the mask): a tighter limit
-    (128 MiB for 4 split actors, 6 classes) held back the CRF, the slowest stage, and
-    cost ~6% of throughput. ``--object-store-mb`` overrides it (larger images need more).
+    (128 MiB for 4 split actors, 6 classes) held back the CRF, the slowest stage
+    (BENCHMARKS.md section 5). ``--object-store-mb`` overrides it (larger images need more).
 
     Every pool has a fixed size. Ray Data grows an autoscaling pool only while each of
     its actors has a full queue of inputs, which the object-store limit prevents: a

@@ -160,7 +160,8 @@ def test_evaluation_on_a_gpu_node(synth_voc, tmp_path):
     cm = ConfusionMatrix(6)
     for row in open_labelled_set(synth_voc, "val").rows:
         image = np.asarray(Image.open(row["path"]).convert("RGB"))
-        cm.update(seg.predict([image], [np.zeros((0, 4), np.float32)])[0].argmax(0), np.asarray(Image.open(row["label_path"])))
+        probs = seg.predict([image], [np.zeros((0, 4), np.float32)])[0]
+        cm.update(probs.argmax(0), np.asarray(Image.open(row["label_path"])))
     assert report["confusion_matrices"]["fcn"] == cm.mat.tolist()
 
 
@@ -219,9 +220,28 @@ def test_job_refuses_a_missing_gpu_and_stops_a_stall_then_resumes(bucket, ckpts,
     the actor and what it waits for. Nothing is lost: the same output then completes without the flag."""
     out = tmp_path / "out"
     base = [
-        sys.executable, str(REPO / "jobs" / "segment_dataset.py"), "--input", str(bucket), "--output", str(out),
-        "--checkpoint", ckpts[0], "--fcn-checkpoint", ckpts[1], "--top-k", "3", "--micro-batch", "4",
-        "--device", "cpu", "--crf-iterations", "5", "--batch-size", "3", "--write-batch-size", "4",
+        sys.executable,
+        str(REPO / "jobs" / "segment_dataset.py"),
+        "--input",
+        str(bucket),
+        "--output",
+        str(out),
+        "--checkpoint",
+        ckpts[0],
+        "--fcn-checkpoint",
+        ckpts[1],
+        "--top-k",
+        "3",
+        "--micro-batch",
+        "4",
+        "--device",
+        "cpu",
+        "--crf-iterations",
+        "5",
+        "--batch-size",
+        "3",
+        "--write-batch-size",
+        "4",
     ]
     env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
 

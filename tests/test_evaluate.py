@@ -162,7 +162,8 @@ def test_baseline_comparison_exit_codes(synth_voc, tmp_path, capsys):
     assert evaluate_job.main(_args(synth_voc, good, tmp_path / "base", *quick)) == EXIT_OK
     baseline = str(tmp_path / "base" / "report.json")
     assert evaluate_job.main(_args(synth_voc, good, tmp_path / "same", *quick, "--baseline", baseline)) == EXIT_OK
-    assert evaluate_job.main(_args(synth_voc, worse, tmp_path / "worse", *quick, "--baseline", baseline)) == EXIT_REGRESSION
+    worse_args = _args(synth_voc, worse, tmp_path / "worse", *quick, "--baseline", baseline)
+    assert evaluate_job.main(worse_args) == EXIT_REGRESSION
     printed = capsys.readouterr().out
     # The FCN labels every pixel, so its bias to an absent class ruins its mean IoU; DeconvNet's
     # zero-initialised canvas keeps the background outside its few proposals, so its drop may show
@@ -171,16 +172,39 @@ def test_baseline_comparison_exit_codes(synth_voc, tmp_path, capsys):
     worse_report = json.loads((tmp_path / "worse" / "report.json").read_text())
     assert worse_report["comparison"]["regressions"]
     # Another split is other data: refused before any work, unless forced.
-    other = _args(synth_voc, good, tmp_path / "other", *quick, "--split", "train", "--max-images", "2", "--baseline", baseline)
+    other = _args(
+        synth_voc, good, tmp_path / "other", *quick, "--split", "train", "--max-images", "2", "--baseline", baseline
+    )
     assert evaluate_job.main(other) == EXIT_MISMATCH
     assert not (tmp_path / "other" / "report.json").exists()
-    forced = _args(synth_voc, good, tmp_path / "forced", *quick, "--split", "train", "--max-images", "2",
-                   "--baseline", baseline, "--force-compare")
+    forced = _args(
+        synth_voc,
+        good,
+        tmp_path / "forced",
+        *quick,
+        "--split",
+        "train",
+        "--max-images",
+        "2",
+        "--baseline",
+        baseline,
+        "--force-compare",
+    )
     assert evaluate_job.main(forced) != EXIT_MISMATCH
     assert json.loads((tmp_path / "forced" / "report.json").read_text())["comparison"]["baseline"] == baseline
     # Thresholds loose enough to let the worse models through: the flags reach the comparison.
-    loose = _args(synth_voc, worse, tmp_path / "loose", *quick, "--baseline", baseline, "--miou-drop", "100",
-                  "--class-drop", "100")
+    loose = _args(
+        synth_voc,
+        worse,
+        tmp_path / "loose",
+        *quick,
+        "--baseline",
+        baseline,
+        "--miou-drop",
+        "100",
+        "--class-drop",
+        "100",
+    )
     assert evaluate_job.main(loose) == EXIT_OK
 
 
@@ -255,7 +279,9 @@ def test_colour_labels_in_both_layouts_and_an_unknown_colour_fails_its_image(syn
     assert "**1 of 3 images could not be scored**" in md and "| UnknownLabelColour | 1 |" in md
     # images/ + masks/, RGBA labels with void transparent: the same numbers; --max-failed 1 accepts the failure.
     _colour_labels(synth_voc, tmp_path / "folders", "folders", unknown={bad})
-    code = evaluate_job.main(_args(str(tmp_path / "folders"), ckpts, tmp_path / "r2", "--variants", "fcn", "--max-failed", "1"))
+    code = evaluate_job.main(
+        _args(str(tmp_path / "folders"), ckpts, tmp_path / "r2", "--variants", "fcn", "--max-failed", "1")
+    )
     assert code == EXIT_OK, capsys.readouterr().out
     report = json.loads((tmp_path / "r2" / "report.json").read_text())
     assert report["confusion_matrices"]["fcn"] == want and report["failures"]["count"] == 1
@@ -264,7 +290,12 @@ def test_colour_labels_in_both_layouts_and_an_unknown_colour_fails_its_image(syn
 def test_missing_labels_are_named_before_work_and_a_run_where_nothing_scores_exits_5(synth_voc, tmp_path, capsys):
     ckpts = _checkpoints(tmp_path, favourite=0, tag="good")
     root = tmp_path / "folders"
-    ids = _colour_labels(synth_voc, root, "folders", unknown=set(Path(synth_voc, "ImageSets", "Segmentation", "val.txt").read_text().split()))
+    ids = _colour_labels(
+        synth_voc,
+        root,
+        "folders",
+        unknown=set(Path(synth_voc, "ImageSets", "Segmentation", "val.txt").read_text().split()),
+    )
     (root / "masks" / f"{ids[0]}.png").unlink()
     (root / "masks" / f"{ids[2]}.png").unlink()
     # Without the flag: exit 2 before any work, every missing label named.
@@ -283,7 +314,10 @@ def test_missing_labels_are_named_before_work_and_a_run_where_nothing_scores_exi
     assert "2 images have no label and were skipped" in printed
     report = json.loads((tmp_path / "r1" / "report.json").read_text())
     assert report["dataset"]["scored"] == 0 and report["variants"]["fcn"]["mean_iou"] is None
-    assert report["dataset"]["missing_labels"] == 2 and report["missing_label_images"] == [f"{ids[0]}.jpg", f"{ids[2]}.jpg"]
+    assert report["dataset"]["missing_labels"] == 2 and report["missing_label_images"] == [
+        f"{ids[0]}.jpg",
+        f"{ids[2]}.jpg",
+    ]
     md = (tmp_path / "r1" / "report.md").read_text()
     assert "**1 of 1 images could not be scored**" in md and "**2 images have no label**" in md
 
@@ -308,8 +342,14 @@ def test_chain_reads_like_the_segment_job_with_bounded_retries_and_its_own_store
     items = [{**r, "status": "ok", "error": ""} for r in rows]
     cfg = EvalConfig(data=synth_voc, checkpoint="d.safetensors", fcn_checkpoint="f.safetensors")
     ds = build_dataset(
-        cfg, res, items, retries=sizing.task_retries, num_classes=NUM_CLASSES, variants=cfg.all_variants(oracle=True),
-        palette=None, instances=True,
+        cfg,
+        res,
+        items,
+        retries=sizing.task_retries,
+        num_classes=NUM_CLASSES,
+        variants=cfg.all_variants(oracle=True),
+        palette=None,
+        instances=True,
     )
     ops, op = [], ds._logical_plan.dag
     while op.input_dependencies:
@@ -317,9 +357,13 @@ def test_chain_reads_like_the_segment_job_with_bounded_retries_and_its_own_store
         op = op.input_dependencies[0]
     args = {o.name: o.ray_remote_args for o in reversed(ops)}
     assert list(args) == [
-        "MapBatches(read_files)", f"StreamingRepartition[num_rows_per_block={BLOCK_ROWS},strict=True]",
-        "MapBatches(decode_images)", "MapBatches(ProposalStage)", "MapBatches(ground_truth_instances)",
-        "MapBatches(VariantProbs)", "MapBatches(ScoreVariants)",
+        "MapBatches(read_files)",
+        f"StreamingRepartition[num_rows_per_block={BLOCK_ROWS},strict=True]",
+        "MapBatches(decode_images)",
+        "MapBatches(ProposalStage)",
+        "MapBatches(ground_truth_instances)",
+        "MapBatches(VariantProbs)",
+        "MapBatches(ScoreVariants)",
     ]
     actors = {"MapBatches(ProposalStage)", "MapBatches(VariantProbs)", "MapBatches(ScoreVariants)"}
     for name, remote in args.items():

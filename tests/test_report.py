@@ -132,10 +132,14 @@ def test_report_of_a_run_where_nothing_scored_says_why(tmp_path):
     rep["missing_label_images"] = ["m1.jpg", "m2.jpg"]
     paths = write_report(rep, str(tmp_path))
     got = read_report(paths["json"])
-    assert got["variants"]["fcn"]["mean_iou"] is None and got["failures"]["by_class"]["UnknownLabelColour"]["images"] == 2
+    assert got["variants"]["fcn"]["mean_iou"] is None
+    assert got["failures"]["by_class"]["UnknownLabelColour"]["images"] == 2
     md = (tmp_path / "report.md").read_text()
     assert "**3 of 3 images could not be scored** (no image could be scored (3 of 3 failed))" in md
-    assert "| UnknownLabelColour | 2 | a.jpg: scoring: label colours not in the palette (...): (10, 20, 30) on 7 pixels |" in md
+    assert (
+        "| UnknownLabelColour | 2 | a.jpg: scoring: label colours not in the palette (...): (10, 20, 30) on 7 pixels |"
+        in md
+    )
     assert "| UnidentifiedImageError | 1 | c.jpg: cannot identify image file |" in md
     assert "**2 images have no label** and were skipped (--skip-missing-labels): `m1.jpg`, `m2.jpg`" in md
     assert "| fcn | - | - | - | **-** |" in md

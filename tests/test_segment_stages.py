@@ -152,7 +152,8 @@ def test_skip_existing_per_format(tmp_path):
     items = assign_outputs([{"image_id": i, "path": i} for i in ["a.jpg", "b.jpg", "c.jpg", "d.jpg"]])
     write_images(tmp_path, {"a.png": (4, 4), "b.png": (4, 4)})  # masks of a and b
     (tmp_path / "_parquet").mkdir()
-    pq.write_table(pa.table({"image_id": ["a.jpg", "c.jpg"], "status": ["ok", "ok"]}), tmp_path / "_parquet" / "part-1.parquet")
+    rows = pa.table({"image_id": ["a.jpg", "c.jpg"], "status": ["ok", "ok"]})
+    pq.write_table(rows, tmp_path / "_parquet" / "part-1.parquet")
     (tmp_path / "_errors").mkdir()
     pq.write_table(pa.table({"image_id": ["d.jpg"], "status": ["OSError"]}), tmp_path / "_errors" / "part-2.parquet")
 
@@ -373,7 +374,9 @@ def test_crf_pruning_sees_through_the_uniform_floor_of_an_ensemble():
     assert ensemble.min() > 0.02
     assert list(kept_classes(ensemble, 0.5)) == [0, 2]
     assert list(kept_classes(ensemble, 0.0)) == list(range(21))
-    np.testing.assert_array_equal(dense_crf(image, ensemble, CRFConfig()), dense_crf(image, ensemble, CRFConfig(), prune=False))
+    np.testing.assert_array_equal(
+        dense_crf(image, ensemble, CRFConfig()), dense_crf(image, ensemble, CRFConfig(), prune=False)
+    )
     # A class that leads at one pixel is a contender there; the minimum area drops such specks.
     ensemble[7, 5, 5] = 1.0
     assert 7 in kept_classes(ensemble, 0.5) and 7 not in kept_classes(ensemble, 0.5, min_area=0.001)
@@ -572,7 +575,13 @@ def test_cpu_stages_do_not_load_torch():
         "import sys; import pipeline.decode, pipeline.crf, pipeline.writers, pipeline.segment_config, models.storage; "
         "print(sorted(m for m in ('torch', 'torchvision') if m in sys.modules))"
     )
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=Path(__file__).resolve().parent.parent)
+    done = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=Path(__file__).resolve().parent.parent,
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.strip() == "[]"
 
@@ -624,9 +633,19 @@ def test_config_hash_changes_with_every_setting_that_changes_a_mask(tmp_path):
         assert h not in seen, f"{part}.{name} does not change config_hash"
         seen.add(h)
     # Execution settings never change a mask, so they keep the hash (and skip-existing keeps working).
-    for name, value in [("output", str(tmp_path / "elsewhere")), ("input", "s3://b/x"), ("batch_size", 7),
-                        ("write_batch_size", 3), ("layout", "split"), ("model_actors", 5), ("object_store_mb", 99.0),
-                        ("task_retries", 0), ("progress_interval", 2.0), ("format", "png"), ("skip_existing", False)]:
+    for name, value in [
+        ("output", str(tmp_path / "elsewhere")),
+        ("input", "s3://b/x"),
+        ("batch_size", 7),
+        ("write_batch_size", 3),
+        ("layout", "split"),
+        ("model_actors", 5),
+        ("object_store_mb", 99.0),
+        ("task_retries", 0),
+        ("progress_interval", 2.0),
+        ("format", "png"),
+        ("skip_existing", False),
+    ]:
         assert dataclasses.replace(base, **{name: value}).config_hash() == base.config_hash(), name
     cfg = copy.deepcopy(base)
     cfg.inference.micro_batch = 3

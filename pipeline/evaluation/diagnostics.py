@@ -122,7 +122,10 @@ def recall_table(counts: np.ndarray, ious=RECALL_IOUS) -> dict[str, dict[str, fl
     rows = {name: counts[s] for s, name in enumerate(SIZES)}
     rows["all"] = counts.sum(axis=0)
     return {
-        name: {"instances": int(c[0]), **{f"iou_{t:g}": (float(c[1 + j] / c[0]) if c[0] else None) for j, t in enumerate(ious)}}
+        name: {
+            "instances": int(c[0]),
+            **{f"iou_{t:g}": (float(c[1 + j] / c[0]) if c[0] else None) for j, t in enumerate(ious)},
+        }
         for name, c in rows.items()
     }
 
@@ -150,9 +153,7 @@ def diagnostics_lines(section: dict) -> list[str]:
     def pct(v: float | None) -> str:
         return "-" if v is None or math.isnan(v) else f"{100 * v:.1f}%"
 
-    by_size = ", ".join(
-        f"{size} {pct(r['iou_0.5'])} of {r['instances']}" for size, r in recall["by_size"].items()
-    )
+    by_size = ", ".join(f"{size} {pct(r['iou_0.5'])} of {r['instances']}" for size, r in recall["by_size"].items())
     lines = [f"proposal recall (top {recall['top_k']}, IoU >= 0.5): {by_size}"]
     for v, by in section["mean_iou_by_size"].items():
         if v.endswith("@oracle"):

@@ -136,7 +136,7 @@ def build_dataset(
     (``limit_run``)."""
     from pipeline.decode import decode_images
     from pipeline.proposal_stage import ProposalStage
-    from pipeline.segment import fixed_pool, limit_run, read_chain, retry_args, retry_warnings_off
+    from pipeline.segment import BLOCK_ROWS, fixed_pool, limit_run, read_chain, retry_args, retry_warnings_off
 
     share = res.cpu_share
     task_retry, actor_retry = retry_args(retries)
@@ -150,7 +150,7 @@ def build_dataset(
             .map_batches(
                 decode_images,
                 fn_kwargs={"max_pixels": cfg.max_pixels},
-                batch_size=8,
+                batch_size=BLOCK_ROWS,  # the blocks read_chain cut: a decoded block stays 4 images
                 batch_format="numpy",
                 num_cpus=share,
                 **task_retry,

@@ -58,7 +58,9 @@ def check_comparable(current: dict, baseline: dict) -> None:
     if current["class_names"] != baseline["class_names"]:
         problems.append("class names differ")
     if problems:
-        raise ReportMismatch("reports are of different data: " + "; ".join(problems) + " (use --force-compare to compare anyway)")
+        raise ReportMismatch(
+            "reports are of different data: " + "; ".join(problems) + " (use --force-compare to compare anyway)"
+        )
 
 
 def compare_reports(
@@ -94,9 +96,8 @@ def compare_reports(
                 )
         per_class = {k: v for k, v in d.items() if k != "mean_iou"}
         worst = min(per_class.items(), key=lambda kv: kv[1]) if per_class else ("-", 0.0)
-        cmp.lines.append(
-            f"{variant:<18} {100 * now['mean_iou']:>10.2f} {100 * d['mean_iou']:>+8.2f}   {worst[0]} {100 * worst[1]:+.2f}"
-        )
+        now_pts, delta_pts = 100 * now["mean_iou"], 100 * d["mean_iou"]
+        cmp.lines.append(f"{variant:<18} {now_pts:>10.2f} {delta_pts:>+8.2f}   {worst[0]} {100 * worst[1]:+.2f}")
     return cmp
 
 
