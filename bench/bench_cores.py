@@ -35,7 +35,7 @@ def spin(units: int) -> None:
 
 def _crf_work():
     from pipeline.crf import dense_crf
-    from pipeline.segment_config import CRFConfig
+    from pipeline.stage_config import CRFConfig
 
     image, labels = sample(0)
     rng = np.random.default_rng(0)

@@ -36,8 +36,8 @@ from models.summary import forward_flops
 from pipeline.crf import dense_crf, kept_classes
 from pipeline.decode import decode_image
 from pipeline.proposals import ProposalGenerator
-from pipeline.segment_config import CRFConfig
 from pipeline.segmenter import InferenceConfig, Segmenter
+from pipeline.stage_config import CRFConfig
 from pipeline.writers import encode_mask
 
 

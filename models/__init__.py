@@ -9,18 +9,18 @@ each of their processes ~2.6 s and ~650 MB of memory.
 import importlib
 
 _EXPORTS = {
+    "models.build": ("ARCHITECTURES", "build_model"),
     "models.checkpoint": (
         "CheckpointError",
         "CheckpointMeta",
-        "build_model",
         "load_checkpoint",
         "read_checkpoint_meta",
         "save_checkpoint",
     ),
     "models.classes": ("IGNORE_INDEX", "IMAGENET_MEAN", "IMAGENET_STD", "VOC_CLASSES", "voc_palette"),
-    "models.deconvnet": ("DeconvNet", "deconvnet"),
+    "models.deconvnet": ("DeconvNet",),
     "models.fold": ("fold_batchnorm",),
-    "models.fcn": ("FCN", "FCN8s", "FCN16s", "FCN32s", "fcn8s", "fcn16s", "fcn32s"),
+    "models.fcn": ("FCN",),
     "models.pretrained": ("WeightsUnavailableError", "load_vgg_state_dict", "transplant_vgg"),
     "models.vgg": ("VGG16", "make_layers", "mirror"),
 }

@@ -23,6 +23,7 @@ from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 from torch import nn
 
+from models.build import UnknownArchitecture, build_model
 from models.classes import IMAGENET_MEAN, IMAGENET_STD, default_class_names, voc_palette
 from models.deconvnet import DeconvNet
 from models.fcn import FCN
@@ -68,16 +69,6 @@ def architecture_of(model: nn.Module) -> str:
     if isinstance(model, FCN):
         return f"fcn{model.stride}s"
     raise TypeError(f"not a deconvseg model: {type(model).__name__}")
-
-
-def build_model(architecture: str, *, num_classes: int, width: float) -> nn.Module:
-    """An untrained model of the named architecture."""
-    if architecture == "deconvnet":
-        return DeconvNet(num_classes=num_classes, width=width)
-    strides = {"fcn32s": 32, "fcn16s": 16, "fcn8s": 8}
-    if architecture not in strides:
-        raise CheckpointError(f"unknown architecture {architecture!r}; expected deconvnet or one of {sorted(strides)}")
-    return FCN(num_classes=num_classes, stride=strides[architecture], width=width)
 
 
 def save_checkpoint(
@@ -158,7 +149,10 @@ def load_checkpoint(path: str, *, device: str | torch.device = "cpu") -> tuple[n
     """
     data = _read(path)
     meta = read_checkpoint_meta(path, data)
-    model = build_model(meta.architecture, num_classes=meta.num_classes, width=meta.width)
+    try:
+        model = build_model(meta.architecture, num_classes=meta.num_classes, width=meta.width)
+    except UnknownArchitecture as exc:
+        raise CheckpointError(f"{path}: {exc}") from exc
     try:
         state = st_load(data)
     except Exception as exc:

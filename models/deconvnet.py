@@ -79,20 +79,3 @@ def _init_weights(model: nn.Module) -> None:
         elif isinstance(m, nn.BatchNorm2d):
             nn.init.ones_(m.weight)
             nn.init.zeros_(m.bias)
-
-
-def deconvnet(*, num_classes: int = 21, width: float = 1.0, backbone_weights: str | None = None) -> DeconvNet:
-    """Build a DeconvNet, optionally with an ImageNet VGG16-BN encoder.
-
-    Args:
-        num_classes: output classes.
-        width: channel multiplier (1.0 = paper).
-        backbone_weights: None (random), "imagenet" (torchvision's ``vgg16_bn``
-            ImageNet weights via its weights API) or a path to such a state-dict file.
-    """
-    model = DeconvNet(num_classes=num_classes, width=width)
-    if backbone_weights is not None:
-        from models.pretrained import load_vgg_state_dict, transplant_vgg
-
-        transplant_vgg(model, load_vgg_state_dict(backbone_weights, batch_norm=True))
-    return model

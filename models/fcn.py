@@ -130,21 +130,6 @@ class FCN(nn.Module):
         return sorted(copied)
 
 
-class FCN32s(FCN):
-    def __init__(self, num_classes: int = 21, width: float = 1.0) -> None:
-        super().__init__(num_classes=num_classes, stride=32, width=width)
-
-
-class FCN16s(FCN):
-    def __init__(self, num_classes: int = 21, width: float = 1.0) -> None:
-        super().__init__(num_classes=num_classes, stride=16, width=width)
-
-
-class FCN8s(FCN):
-    def __init__(self, num_classes: int = 21, width: float = 1.0) -> None:
-        super().__init__(num_classes=num_classes, stride=8, width=width)
-
-
 def _init_weights(model: FCN) -> None:
     for name, m in model.named_modules():
         if isinstance(m, nn.Conv2d):
@@ -157,48 +142,3 @@ def _init_weights(model: FCN) -> None:
             else:
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
             nn.init.zeros_(m.bias)
-
-
-_CLASSES = {32: FCN32s, 16: FCN16s, 8: FCN8s}
-
-
-def fcn(
-    *,
-    stride: int = 8,
-    num_classes: int = 21,
-    width: float = 1.0,
-    backbone_weights: str | None = None,
-    init_from: FCN | None = None,
-) -> FCN:
-    """Build an FCN-{stride}s.
-
-    Args:
-        stride: 32, 16 or 8.
-        num_classes: output classes.
-        width: channel multiplier (1.0 = paper).
-        backbone_weights: None, "imagenet" (torchvision's ``vgg16`` ImageNet weights,
-            classifier transplanted into fc6/fc7) or a path to such a state-dict file.
-        init_from: a trained coarser FCN to start from (FCN-32s for 16s, 16s for 8s).
-    """
-    if stride not in _CLASSES:
-        raise ValueError(f"FCN stride must be one of {sorted(_CLASSES)}, got {stride}")
-    model = _CLASSES[stride](num_classes=num_classes, width=width)
-    if backbone_weights is not None:
-        from models.pretrained import load_vgg_state_dict, transplant_vgg
-
-        transplant_vgg(model, load_vgg_state_dict(backbone_weights, batch_norm=False))
-    if init_from is not None:
-        model.init_from_coarser(init_from)
-    return model
-
-
-def fcn32s(**kwargs) -> FCN:
-    return fcn(stride=32, **kwargs)
-
-
-def fcn16s(**kwargs) -> FCN:
-    return fcn(stride=16, **kwargs)
-
-
-def fcn8s(**kwargs) -> FCN:
-    return fcn(stride=8, **kwargs)

@@ -8,9 +8,8 @@ from __future__ import annotations
 
 import argparse
 
-from pipeline.inference_config import InferenceConfig
 from pipeline.proposals import ProposalConfig
-from pipeline.segment_config import CRFConfig
+from pipeline.stage_config import CRFConfig, InferenceConfig
 
 # --ensemble choices; "none" is the old spelling of "deconvnet" (DeconvNet alone), still accepted.
 ENSEMBLE_CHOICES = ("mean", "deconvnet", "fcn", "none")

@@ -42,7 +42,8 @@ import pydensecrf.densecrf as dcrf
 from pipeline.confidence import confidence_map, max_probability, mean_entropy, void_below
 from pipeline.faults import inject
 from pipeline.rows import RowStatus, object_column
-from pipeline.segment_config import CRFConfig, SegmentConfig
+from pipeline.segment_config import SegmentConfig
+from pipeline.stage_config import CRFConfig
 
 _EPS = 1e-8
 

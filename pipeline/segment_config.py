@@ -1,9 +1,9 @@
 """Typed configuration of the segmentation job (``jobs/segment_dataset.py``).
 
-One dataclass per concern: ``CRFConfig`` (dense CRF), ``InferenceConfig`` (the model
-stage, in ``pipeline.inference_config``: importable without torch, so the CPU stages
-that import this module never load it), ``ProposalConfig`` (``pipeline.proposals``), gathered in
-``SegmentConfig``. ``config_hash`` covers exactly the settings that change what is written for an image.
+One dataclass per concern: ``CRFConfig`` (dense CRF) and ``InferenceConfig`` (the model
+stage), shared with the evaluation job in ``pipeline.stage_config`` (torch-free, so the CPU
+stages that import this module never load torch), ``ProposalConfig`` (``pipeline.proposals``),
+gathered in ``SegmentConfig``. ``config_hash`` covers exactly the settings that change what is written for an image.
 """
 
 from __future__ import annotations
@@ -13,30 +13,13 @@ import hashlib
 import json
 from dataclasses import dataclass, field
 
-from pipeline.inference_config import InferenceConfig
 from pipeline.proposals import ProposalConfig
+from pipeline.stage_config import CRFConfig, InferenceConfig
 
 FORMATS = ("png", "parquet", "both")
 CONFIDENCE_OUTPUTS = ("none", "png")
 LAYOUTS = ("auto", "fused", "split")
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pnm")
-
-
-@dataclass
-class CRFConfig:
-    """Fully connected CRF (Krahenbuhl & Koltun 2011) settings of the DeconvNet paper's code."""
-
-    enabled: bool = True  # False: the mask is the argmax of the ensemble probabilities
-    iterations: int = 10  # mean-field iterations
-    gaussian_sxy: float = 3.0  # smoothness kernel: position std (px)
-    gaussian_compat: float = 3.0  # smoothness kernel: Potts weight
-    bilateral_sxy: float = 20.0  # appearance kernel: position std (px)
-    bilateral_srgb: float = 3.0  # appearance kernel: colour std (0-255 units)
-    bilateral_compat: float = 5.0  # appearance kernel: Potts weight
-    # Class pruning (see pipeline.crf): a class is dropped before the CRF unless its probability
-    # reaches prune_ratio x the leading class's on at least prune_min_area of the pixels; 0: no pruning.
-    prune_ratio: float = 0.5
-    prune_min_area: float = 0.001
 
 
 @dataclass

@@ -28,8 +28,8 @@ from torchvision.ops import roi_align
 
 from models import fold_batchnorm, load_checkpoint
 from pipeline.faults import inject
-from pipeline.inference_config import InferenceConfig
 from pipeline.rows import RowStatus, object_column
+from pipeline.stage_config import InferenceConfig
 
 CROP_SIZE = 224  # DeconvNet's input size (paper Table 2)
 

@@ -21,8 +21,9 @@ from PIL import Image
 from models import FCN, DeconvNet, save_checkpoint
 from pipeline.demo.local_head import free_port  # noqa: F401  (the tests import it from here)
 from pipeline.proposals import ProposalConfig
-from pipeline.segment_config import CRFConfig, SegmentConfig
+from pipeline.segment_config import SegmentConfig
 from pipeline.segmenter import InferenceConfig
+from pipeline.stage_config import CRFConfig
 
 NUM_CLASSES = 4
 

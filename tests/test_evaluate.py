@@ -21,8 +21,8 @@ from pipeline.evaluation.regression import CLASS_DROP, EXIT_FAILED, EXIT_MISMATC
 from pipeline.labelled import open_labelled_set
 from pipeline.metrics import ConfusionMatrix
 from pipeline.proposals import ProposalConfig, ProposalGenerator, enlarge_boxes
-from pipeline.segment_config import CRFConfig
 from pipeline.segmenter import InferenceConfig, Segmenter
+from pipeline.stage_config import CRFConfig
 from pipeline.voc import instance_regions, load_sample
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "jobs"))

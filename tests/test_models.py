@@ -10,12 +10,14 @@ import torchvision
 from torch import nn
 
 from models import (
+    ARCHITECTURES,
     FCN,
     VGG16,
     CheckpointError,
     CheckpointMeta,
     DeconvNet,
     WeightsUnavailableError,
+    build_model,
     fold_batchnorm,
     load_checkpoint,
     load_vgg_state_dict,
@@ -24,7 +26,7 @@ from models import (
     save_checkpoint,
     transplant_vgg,
 )
-from models.fcn import bilinear_kernel, fcn, upsampler
+from models.fcn import bilinear_kernel, upsampler
 from models.summary import forward_flops, param_count
 
 TINY = 1 / 16
@@ -237,8 +239,8 @@ def test_fcn_chain_init_computes_what_the_coarser_net_did():
     torch.manual_seed(0)
     f32 = FCN(num_classes=3, stride=32, width=TINY).eval()
     nn.init.normal_(f32.score_fr.weight, std=0.5)
-    f16 = fcn(stride=16, num_classes=3, width=TINY, init_from=f32).eval()
-    f8 = fcn(stride=8, num_classes=3, width=TINY, init_from=f16).eval()
+    f16 = build_model("fcn16s", num_classes=3, width=TINY, init_from=f32).eval()
+    f8 = build_model("fcn8s", num_classes=3, width=TINY, init_from=f16).eval()
     assert torch.equal(f8.features[0].weight, f32.features[0].weight)
     assert torch.equal(f16.score_fr.weight, f32.score_fr.weight)
     x = torch.randn(1, 3, 96, 128)
@@ -311,15 +313,13 @@ def test_imagenet_weights_from_a_local_file(tmp_path):
     vgg = torchvision.models.vgg16(weights=None)
     path = tmp_path / "vgg16-397923af.pth"
     torch.save(vgg.state_dict(), path)
-    model = fcn(stride=32, backbone_weights=str(path))
+    model = build_model("fcn32s", backbone_weights=str(path))
     assert torch.equal(model.fc6[0].weight.flatten(1), vgg.classifier[0].weight)
 
 
 @pytest.mark.parametrize("arch", ["deconvnet", "fcn32s", "fcn16s", "fcn8s"])
 def test_checkpoint_roundtrip_gives_identical_outputs(tmp_path, arch):
     torch.manual_seed(0)
-    from models import build_model
-
     model = build_model(arch, num_classes=4, width=TINY)
     for p in model.parameters():
         nn.init.normal_(p, std=0.05)  # non-trivial values everywhere, BN stats too below
@@ -341,6 +341,23 @@ def test_checkpoint_roundtrip_gives_identical_outputs(tmp_path, arch):
     assert len(got.palette) == 4 and got.mean == [0.485, 0.456, 0.406]
     assert len(got.checkpoint_id) == 16 and read_checkpoint_meta(path).checkpoint_id == got.checkpoint_id
     assert not list(tmp_path.glob(".tmp-*"))
+
+
+def test_build_model_names_every_architecture_and_refuses_others(tmp_path):
+    assert sorted(ARCHITECTURES) == ["deconvnet", "fcn16s", "fcn32s", "fcn8s"]
+    strides = {name: getattr(build_model(name, num_classes=3, width=TINY), "stride", None) for name in ARCHITECTURES}
+    assert strides == {"deconvnet": None, "fcn32s": 32, "fcn16s": 16, "fcn8s": 8}
+    with pytest.raises(ValueError, match="fcn4s"):
+        build_model("fcn4s", width=TINY)
+    with pytest.raises(ValueError, match="coarser FCN"):
+        build_model("deconvnet", width=TINY, init_from=FCN(num_classes=3, stride=32, width=TINY))
+    # A checkpoint naming an architecture this version does not know is a CheckpointError.
+    path = str(tmp_path / "f.safetensors")
+    save_checkpoint(FCN(num_classes=2, stride=32, width=TINY), path)
+    data = open(path, "rb").read().replace(b'\\"fcn32s\\"', b'\\"fcn64s\\"')
+    open(path, "wb").write(data)
+    with pytest.raises(CheckpointError, match="fcn64s"):
+        load_checkpoint(path)
 
 
 def test_checkpoint_through_fsspec_url():

@@ -18,10 +18,10 @@ import ray
 from PIL import Image
 from segment_fixtures import NUM_CLASSES, free_port, make_checkpoints, tiny_config, write_images, write_odd_inputs
 
-from pipeline.crf import CRFConfig
 from pipeline.reference import reference_results
 from pipeline.segment import BLOCK_ROWS, FUSED_BLOCK_ROWS, build_dataset, prepare, run, stage_resources
 from pipeline.segmenter import InferenceConfig
+from pipeline.stage_config import CRFConfig
 
 pytestmark = pytest.mark.slow
 

@@ -31,7 +31,6 @@ from pipeline.segment import (
     prepare,
     stage_resources,
 )
-from pipeline.segment_config import CRFConfig
 from pipeline.segmenter import InferenceConfig, Segmenter, crop_boxes, paste_max, pixel_box
 from pipeline.sources import (
     assign_outputs,
@@ -42,6 +41,7 @@ from pipeline.sources import (
     mask_key,
     safe_relpath,
 )
+from pipeline.stage_config import CRFConfig
 from pipeline.writers import ERROR_SCHEMA, RESULT_SCHEMA, encode_mask, write_outputs
 
 

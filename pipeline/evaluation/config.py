@@ -12,9 +12,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from pipeline.evaluation.diagnostics import SIZE_BOUNDS
-from pipeline.inference_config import InferenceConfig
 from pipeline.proposals import ProposalConfig
-from pipeline.segment_config import CRFConfig
+from pipeline.stage_config import CRFConfig, InferenceConfig
 
 VARIANTS = ("deconvnet", "deconvnet+crf", "edeconvnet", "edeconvnet+crf", "fcn")
 

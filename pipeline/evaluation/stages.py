@@ -14,10 +14,9 @@ import dataclasses
 import numpy as np
 
 from pipeline.evaluation.diagnostics import RECALL_IOUS, SIZES, label_for_size
-from pipeline.inference_config import InferenceConfig
 from pipeline.metrics import ConfusionMatrix
 from pipeline.rows import RowStatus, object_column
-from pipeline.segment_config import CRFConfig
+from pipeline.stage_config import CRFConfig, InferenceConfig
 
 
 class VariantProbs:

@@ -37,8 +37,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from models import IGNORE_INDEX, IMAGENET_MEAN, IMAGENET_STD, CheckpointMeta, build_model, load_checkpoint
-from models.deconvnet import deconvnet
-from models.fcn import FCN, fcn
+from models.fcn import FCN
 from models.storage import atomic_write, exists, join
 from pipeline.faults import KILL_EXIT_CODE
 from pipeline.metrics import ConfusionMatrix
@@ -66,27 +65,21 @@ def initial_model(
     backbone weights (only when ``download``; other workers get rank 0's weights from
     DDP's initial broadcast).
     """
+    if init_path is None:
+        weights = cfg.backbone_weights if download else None
+        return build_model(stage.architecture, num_classes=num_classes, width=cfg.width, backbone_weights=weights)
     model = build_model(stage.architecture, num_classes=num_classes, width=cfg.width)
-    if init_path is not None:
-        source, meta = load_checkpoint(init_path)
-        if (meta.num_classes, meta.width) != (num_classes, cfg.width):
-            raise ValueError(
-                f"{init_path}: {meta.num_classes} classes / width {meta.width}, "
-                f"this run has {num_classes} / {cfg.width}"
-            )
-        if meta.architecture == stage.architecture:
-            model.load_state_dict(source.state_dict())
-        elif isinstance(model, FCN) and isinstance(source, FCN):
-            model.init_from_coarser(source)
-        else:
-            raise ValueError(f"cannot start {stage.architecture} from a {meta.architecture} checkpoint")
-    elif cfg.backbone_weights and download:
-        if stage.architecture == "deconvnet":
-            model = deconvnet(num_classes=num_classes, width=cfg.width, backbone_weights=cfg.backbone_weights)
-        else:
-            model = fcn(
-                stride=int(stage.key), num_classes=num_classes, width=cfg.width, backbone_weights=cfg.backbone_weights
-            )
+    source, meta = load_checkpoint(init_path)
+    if (meta.num_classes, meta.width) != (num_classes, cfg.width):
+        raise ValueError(
+            f"{init_path}: {meta.num_classes} classes / width {meta.width}, this run has {num_classes} / {cfg.width}"
+        )
+    if meta.architecture == stage.architecture:
+        model.load_state_dict(source.state_dict())
+    elif isinstance(model, FCN) and isinstance(source, FCN):
+        model.init_from_coarser(source)
+    else:
+        raise ValueError(f"cannot start {stage.architecture} from a {meta.architecture} checkpoint")
     return model
 
 
